@@ -1,0 +1,312 @@
+"""Export-friendly Faster R-CNN: torchvision's modules and weights, a static graph around them.
+
+``ExportableFasterRCNN(model, input_size)`` reuses the backbone, RPN head,
+RoI pooling layout, box head and predictor of a torchvision ``FasterRCNN`` and
+replaces everything data-dependent with fixed-shape tensor code:
+
+* anchors for the fixed canvas are computed once by the model's own
+  ``AnchorGenerator`` and stored as one constant buffer;
+* filtering (small boxes, score thresholds, invalid proposals) becomes masking:
+  a removed box gets score -1 and can never be selected;
+* NMS is :func:`nms_keep_mask` — torchvision's NMS in eager mode, the standard
+  ONNX ``NonMaxSuppression`` op in the exported graph (classes / levels on the
+  NMS batch or class axis, never the coordinate-offset trick that overflows FP16);
+* MultiScaleRoIAlign runs ``roi_align`` on every level and picks each RoI's level
+  with ``where`` (no ``If`` nodes);
+* outputs are padded to ``max_detections``.
+
+Inputs: ``images`` float32 [B,3,H,W] (normalised, zero-padded bottom/right
+after normalisation) and ``image_sizes`` float32 [B,2] (height, width of each
+resized image before padding). Outputs: ``num_detections`` int32 [B],
+``boxes`` float32 [B,K,4] (x1, y1, x2, y2 in network-input pixels), ``scores``
+float32 [B,K], ``labels`` int32 [B,K]; sorted by score, padding rows have box 0,
+score 0, label -1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import onnx
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.image_list import ImageList
+
+PAD_LABEL = -1
+INPUT_NAMES = ["images", "image_sizes"]
+OUTPUT_NAMES = ["num_detections", "boxes", "scores", "labels"]
+RAW_OUTPUT_NAMES = ["rpn_objectness", "rpn_proposals", "proposals", "proposal_valid", "class_logits",
+                    "box_regression"]
+_REMOVED = -1.0  # score given to masked-out boxes; real scores are probabilities in [0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# NMS as a keep-mask: eager = torchvision, export = ONNX NonMaxSuppression + ScatterND
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("deploykit::nms_keep_mask", mutates_args=())
+def nms_keep_mask(boxes: Tensor, scores: Tensor, iou_threshold: float, max_per_class: int) -> Tensor:
+    """Greedy NMS returning a keep mask.
+
+    Args:
+        boxes (Tensor[N, M, 4]): (x1, y1, x2, y2), shared by every class of a batch entry.
+        scores (Tensor[N, C, M]): a score < 0 means "removed", never kept.
+        iou_threshold: boxes overlapping a kept box with IoU > threshold are suppressed.
+        max_per_class: at most this many boxes kept per (batch, class), highest scores first.
+
+    Returns:
+        Tensor[N, C, M] float32: 1.0 where kept, else 0.0.
+    """
+    n, c, m = scores.shape
+    out = torch.zeros_like(scores)
+    for b in range(n):
+        for k in range(c):
+            s = scores[b, k]
+            idx = torch.nonzero(s >= 0).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            keep = torchvision.ops.nms(boxes[b, idx], s[idx], iou_threshold)[:max_per_class]
+            out[b, k, idx[keep]] = 1.0
+    return out
+
+
+@nms_keep_mask.register_fake
+def _nms_keep_mask_fake(boxes, scores, iou_threshold, max_per_class):
+    return torch.empty_like(scores)
+
+
+def _nms_keep_mask_onnx(boxes, scores, iou_threshold: float, max_per_class: int):
+    from onnxscript import opset18 as op
+
+    selected = op.NonMaxSuppression(
+        boxes, scores,
+        op.Constant(value_ints=[max_per_class]),
+        op.Constant(value_floats=[iou_threshold]),
+        op.Constant(value_floats=[_REMOVED / 2]),  # keeps every score >= 0, drops the removed ones
+    )
+    count = op.Shape(selected, start=0, end=1)
+    ones = op.Expand(op.Constant(value_float=1.0), count)
+    zeros = op.ConstantOfShape(op.Shape(scores),
+                               value=onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
+    return op.ScatterND(zeros, selected, ones)
+
+
+CUSTOM_TRANSLATIONS = {torch.ops.deploykit.nms_keep_mask.default: _nms_keep_mask_onnx}
+
+
+# --------------------------------------------------------------------------------------------
+# Box arithmetic, written to match torchvision's float operations
+# --------------------------------------------------------------------------------------------
+def decode_boxes(deltas: Tensor, ref: Tensor, weights: tuple[float, float, float, float], clip: float) -> Tensor:
+    """torchvision ``BoxCoder.decode_single`` on trailing dims: deltas [..., 4], ref [..., 4] -> [..., 4]."""
+    widths = ref[..., 2] - ref[..., 0]
+    heights = ref[..., 3] - ref[..., 1]
+    ctr_x = ref[..., 0] + 0.5 * widths
+    ctr_y = ref[..., 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[..., 0] / wx
+    dy = deltas[..., 1] / wy
+    dw = torch.clamp(deltas[..., 2] / ww, max=clip)
+    dh = torch.clamp(deltas[..., 3] / wh, max=clip)
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    half_w = 0.5 * (torch.exp(dw) * widths)
+    half_h = 0.5 * (torch.exp(dh) * heights)
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=-1)
+
+
+def clip_to_sizes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Clamp x to [0, width], y to [0, height]. boxes [B, ..., 4]; sizes [B, 2] = (height, width)."""
+    shape = (sizes.shape[0],) + (1,) * (boxes.dim() - 2)
+    h = sizes[:, 0].reshape(shape)
+    w = sizes[:, 1].reshape(shape)
+    zero = torch.zeros_like(h)
+    x1 = torch.minimum(torch.maximum(boxes[..., 0], zero), w)
+    y1 = torch.minimum(torch.maximum(boxes[..., 1], zero), h)
+    x2 = torch.minimum(torch.maximum(boxes[..., 2], zero), w)
+    y2 = torch.minimum(torch.maximum(boxes[..., 3], zero), h)
+    return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def big_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """torchvision ``remove_small_boxes`` as a mask: width and height >= min_size."""
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+
+
+def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, N, D], idx [B, K] -> [B, K, D]."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# --------------------------------------------------------------------------------------------
+# The export-friendly detector
+# --------------------------------------------------------------------------------------------
+class ExportableFasterRCNN(nn.Module):
+    """Static-shape Faster R-CNN for a fixed (H, W) canvas, sharing ``model``'s modules and weights.
+
+    Args:
+        model: a torchvision ``FasterRCNN`` (any backbone); not modified.
+        input_size: (H, W) of the canvas the graph accepts.
+        max_detections: K, rows of the padded outputs (default: ``model.roi_heads.detections_per_img``).
+        score_threshold: final score threshold (default: ``model.roi_heads.score_thresh``).
+        nms_iou: final per-class NMS IoU (default: ``model.roi_heads.nms_thresh``).
+        raw: output the pre-NMS tensors (``RAW_OUTPUT_NAMES``) instead of detections, for parity checks.
+    """
+
+    def __init__(self, model: FasterRCNN, input_size: tuple[int, int], *, max_detections: int | None = None,
+                 score_threshold: float | None = None, nms_iou: float | None = None, raw: bool = False):
+        super().__init__()
+        if not isinstance(model, FasterRCNN):
+            raise TypeError(f"model should be a torchvision FasterRCNN instead of {type(model).__name__}")
+        model = model.eval()
+        self.raw = raw
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.backbone = model.backbone
+        self.rpn_head = model.rpn.head
+        self.box_head = model.roi_heads.box_head
+        self.box_predictor = model.roi_heads.box_predictor
+
+        rpn, heads = model.rpn, model.roi_heads
+        h, w = self.input_size
+        with torch.no_grad():
+            feats = self.backbone(torch.zeros(1, 3, h, w))
+            feature_list = list(feats.values())
+            anchors = rpn.anchor_generator(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), feature_list)[0]
+        self.register_buffer("anchors", anchors.detach().clone(), persistent=False)
+        a = self.rpn_head.cls_logits.out_channels
+        self.anchors_per_level = [a * f.shape[-2] * f.shape[-1] for f in feature_list]
+        if sum(self.anchors_per_level) != anchors.shape[0]:
+            raise ValueError(f"anchor count {anchors.shape[0]} does not match the RPN head's "
+                             f"{sum(self.anchors_per_level)} predictions")
+        self.rpn_pre_nms = [min(rpn._pre_nms_top_n["testing"], n) for n in self.anchors_per_level]
+        self.rpn_post_nms = min(rpn._post_nms_top_n["testing"], sum(self.rpn_pre_nms))
+        self.rpn_nms_thresh = float(rpn.nms_thresh)
+        self.rpn_min_size = float(rpn.min_size)
+        self.rpn_score_thresh = float(rpn.score_thresh)
+        self.rpn_weights = tuple(float(x) for x in rpn.box_coder.weights)
+        self.rpn_clip = float(rpn.box_coder.bbox_xform_clip)
+        levels = torch.cat([torch.full((n,), i) for i, n in enumerate(self.rpn_pre_nms)])
+        level_onehot = levels[None, :] == torch.arange(len(self.rpn_pre_nms))[:, None]  # [L, N]
+        self.register_buffer("level_onehot", level_onehot, persistent=False)
+
+        # RoI pooling layout, as MultiScaleRoIAlign infers it for this canvas
+        pool = heads.box_roi_pool
+        # MultiScaleRoIAlign keeps the backbone's levels whose names it lists, in the backbone's order
+        names = [k for k in feats if k in pool.featmap_names]
+        self.pool_names = names
+        pooled = [feats[n] for n in names]
+        self.pool_scales = [2.0 ** round(math.log2(f.shape[-2] / h)) for f in pooled]
+        self.pool_k_min = int(-math.log2(self.pool_scales[0]))
+        self.pool_k_max = int(-math.log2(self.pool_scales[-1]))
+        self.pool_output = tuple(pool.output_size)
+        self.pool_sampling = int(pool.sampling_ratio)
+        self.canonical_scale = float(getattr(pool, "canonical_scale", 224))
+        self.canonical_level = float(getattr(pool, "canonical_level", 4))
+
+        self.box_weights = tuple(float(x) for x in heads.box_coder.weights)
+        self.box_clip = float(heads.box_coder.bbox_xform_clip)
+        self.score_threshold = float(heads.score_thresh if score_threshold is None else score_threshold)
+        self.nms_iou = float(heads.nms_thresh if nms_iou is None else nms_iou)
+        self.num_classes = int(self.box_predictor.cls_score.out_features)
+        total = (self.num_classes - 1) * self.rpn_post_nms
+        self.max_detections = min(int(heads.detections_per_img if max_detections is None else max_detections), total)
+        if not 1 <= self.max_detections <= 3840:
+            raise ValueError(f"max_detections should be in [1, 3840] (TensorRT TopK limit), got {self.max_detections}")
+
+    # ---- RPN ---------------------------------------------------------------------------------
+    def _rpn(self, features: list[Tensor], sizes: Tensor):
+        objectness, deltas = self.rpn_head(features)
+        b = features[0].shape[0]
+        obj_levels, delta_levels = [], []
+        for o, d in zip(objectness, deltas):
+            a, hh, ww = o.shape[1], o.shape[2], o.shape[3]
+            obj_levels.append(o.permute(0, 2, 3, 1).reshape(b, hh * ww * a))
+            delta_levels.append(d.reshape(b, a, 4, hh, ww).permute(0, 3, 4, 1, 2).reshape(b, hh * ww * a, 4))
+        if self.raw:
+            all_obj = torch.cat(obj_levels, 1)
+            all_props = decode_boxes(torch.cat(delta_levels, 1), self.anchors.unsqueeze(0), self.rpn_weights,
+                                     self.rpn_clip)
+        else:
+            all_obj = all_props = None
+
+        # per-level top-k on the logits, then decode only the selected anchors
+        top_obj, top_deltas, top_anchors = [], [], []
+        offset = 0
+        for o, d, n, k in zip(obj_levels, delta_levels, self.anchors_per_level, self.rpn_pre_nms):
+            vals, idx = o.topk(k, dim=1)
+            top_obj.append(vals)
+            top_deltas.append(_gather_rows(d, idx))
+            top_anchors.append(self.anchors[offset:offset + n][idx])
+            offset += n
+        obj = torch.cat(top_obj, 1)
+        boxes = decode_boxes(torch.cat(top_deltas, 1), torch.cat(top_anchors, 1), self.rpn_weights, self.rpn_clip)
+        boxes = clip_to_sizes(boxes, sizes)
+        prob = torch.sigmoid(obj)
+        valid = big_enough(boxes, self.rpn_min_size) & (prob >= self.rpn_score_thresh)
+        score = torch.where(valid, prob, torch.full_like(prob, _REMOVED))
+        # NMS independently per level: levels on the NMS class axis
+        per_level = torch.where(self.level_onehot.unsqueeze(0), score.unsqueeze(1), torch.full_like(score, _REMOVED)
+                                .unsqueeze(1))
+        keep = nms_keep_mask(boxes, per_level, self.rpn_nms_thresh, self.rpn_post_nms).amax(dim=1)
+        score = torch.where(keep > 0, score, torch.full_like(score, _REMOVED))
+        top_score, idx = score.topk(self.rpn_post_nms, dim=1)
+        proposals = _gather_rows(boxes, idx)
+        return proposals, top_score >= 0, all_obj, all_props
+
+    # ---- RoI heads ---------------------------------------------------------------------------
+    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor) -> Tensor:
+        b, p = proposals.shape[0], proposals.shape[1]
+        flat = proposals.reshape(b * p, 4)
+        batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
+        rois = torch.cat([batch_idx, flat], dim=1)
+        pooled = [torchvision.ops.roi_align(feats[name], rois, self.pool_output, spatial_scale=scale,
+                                            sampling_ratio=self.pool_sampling, aligned=False)
+                  for name, scale in zip(self.pool_names, self.pool_scales)]
+        if len(pooled) == 1:
+            return pooled[0]
+        area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
+        s = torch.sqrt(area)
+        lvl = torch.floor(self.canonical_level + torch.log2(s / self.canonical_scale) + 1e-6)
+        lvl = torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min
+        out = pooled[0]
+        for i in range(1, len(pooled)):
+            out = torch.where((lvl == i).reshape(-1, 1, 1, 1), pooled[i], out)
+        return out
+
+    def _detections(self, class_logits: Tensor, box_regression: Tensor, proposals: Tensor,
+                    proposal_valid: Tensor, sizes: Tensor):
+        b, p = proposals.shape[0], proposals.shape[1]
+        c = self.num_classes
+        deltas = box_regression.reshape(b, p, c, 4)
+        boxes = decode_boxes(deltas, proposals.unsqueeze(2), self.box_weights, self.box_clip)
+        boxes = clip_to_sizes(boxes, sizes)[:, :, 1:]  # [B, P, C-1, 4], background dropped
+        scores = torch.softmax(class_logits.reshape(b, p, c), dim=-1)[:, :, 1:]
+        valid = (scores > self.score_threshold) & big_enough(boxes, 1e-2) & proposal_valid.unsqueeze(-1)
+        scores = torch.where(valid, scores, torch.full_like(scores, _REMOVED))
+        # per-class NMS with (image, class) as the NMS batch axis: no offsets, no cross-class work
+        nms_boxes = boxes.permute(0, 2, 1, 3).reshape(b * (c - 1), p, 4)
+        nms_scores = scores.permute(0, 2, 1).reshape(b * (c - 1), 1, p)
+        keep = nms_keep_mask(nms_boxes, nms_scores, self.nms_iou, self.max_detections)
+        final = torch.where(keep > 0, nms_scores, torch.full_like(nms_scores, _REMOVED)).reshape(b, (c - 1) * p)
+        top, idx = final.topk(self.max_detections, dim=1)
+        found = top >= 0
+        out_boxes = _gather_rows(nms_boxes.reshape(b, (c - 1) * p, 4), idx)
+        out_boxes = torch.where(found.unsqueeze(-1), out_boxes, torch.zeros_like(out_boxes))
+        out_scores = torch.where(found, top, torch.zeros_like(top))
+        labels = torch.div(idx, p, rounding_mode="floor") + 1
+        out_labels = torch.where(found, labels, torch.full_like(labels, PAD_LABEL)).to(torch.int32)
+        num = found.to(torch.int32).sum(dim=1, dtype=torch.int32)
+        return num, out_boxes, out_scores, out_labels
+
+    def forward(self, images: Tensor, image_sizes: Tensor):
+        feats = self.backbone(images)
+        proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes)
+        pooled = self._roi_align(feats, proposals)
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        b, p = proposals.shape[0], proposals.shape[1]
+        if self.raw:
+            return (all_obj, all_props, proposals, proposal_valid.to(torch.int32),
+                    class_logits.reshape(b, p, -1), box_regression.reshape(b, p, -1))
+        return self._detections(class_logits, box_regression, proposals, proposal_valid, image_sizes)

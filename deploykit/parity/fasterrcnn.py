@@ -1,0 +1,43 @@
+"""Capture torchvision Faster R-CNN intermediates (pre-NMS tensors) from the unmodified model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+
+def reference_raw(model, images: list[torch.Tensor]) -> dict[str, list[np.ndarray]]:
+    """Run ``model(images)`` (torchvision's own forward) and capture, per image:
+
+    ``rpn_objectness`` [A] logits and ``rpn_proposals`` [A,4] decoded for every anchor
+    (torchvision's own head and BoxCoder), ``proposals`` [P,4] that reach the box head,
+    ``class_logits`` [P,C] and ``box_regression`` [P,4C].
+    """
+    got: dict = {}
+    hooks = [
+        model.rpn.head.register_forward_hook(lambda m, i, o: got.__setitem__("head", o)),
+        model.rpn.anchor_generator.register_forward_hook(lambda m, i, o: got.__setitem__("anchors", o)),
+        model.roi_heads.register_forward_pre_hook(lambda m, args: got.__setitem__("proposals", args[1])),
+        model.roi_heads.box_predictor.register_forward_hook(lambda m, i, o: got.__setitem__("pred", o)),
+    ]
+    try:
+        with torch.no_grad():
+            detections = model(images)
+            objectness, deltas = concat_box_prediction_layers(*got["head"])
+            n = len(images)
+            decoded = model.rpn.box_coder.decode(deltas, got["anchors"]).reshape(n, -1, 4)
+    finally:
+        for h in hooks:
+            h.remove()
+    props = got["proposals"]
+    counts = [len(p) for p in props]
+    logits, regression = got["pred"]
+    return {
+        "rpn_objectness": list(objectness.reshape(n, -1).numpy()),
+        "rpn_proposals": list(decoded.numpy()),
+        "proposals": [p.numpy() for p in props],
+        "class_logits": [x.numpy() for x in logits.split(counts)],
+        "box_regression": [x.numpy() for x in regression.split(counts)],
+        "detections": detections,
+    }
