@@ -1,0 +1,220 @@
+"""Detector preprocessing in numpy, matching torchvision's GeneralizedRCNNTransform.
+
+For a fixed canvas ``H x W`` the exported detector expects what torchvision's
+transform produces when configured to fit that canvas (for a square canvas
+``S``: ``min_size = max_size = S``, ``size_divisible = S``):
+
+1. uint8 ``[h, w, 3]`` RGB -> float32 ``[3, h, w]`` divided by 255;
+2. normalised per channel: ``(x - mean) / std`` (float32);
+3. resized with ``scale = min(H / h, W / w)`` (Python float) to
+   ``(int(h * scale), int(w * scale))`` by bilinear resampling with
+   ``align_corners=False`` and no antialias, exactly like
+   ``torch.nn.functional.interpolate(scale_factor=scale, recompute_scale_factor=True)``;
+4. padded bottom/right with ``pad_value`` (0.0) up to ``H x W``.
+
+torchvision normalises before resizing; bilinear resampling is linear, so the
+order only matters for float rounding, and following torchvision's order keeps
+the result within float32 rounding of its output.
+
+No torch here: this module is part of the thin runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInput, expected_got
+
+#: What this module implements, by manifest field. Anything else is refused.
+SUPPORTED = {
+    "resize": ("fit",),
+    "interpolation": ("bilinear",),
+    "input_dtype": ("float32",),
+    "layout": ("NCHW",),
+    "color": ("RGB",),
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The detector's ``preprocessing`` manifest section, checked.
+
+    ``input_size`` is the network canvas ``(H, W)`` in pixels; ``mean``/``std``
+    apply to RGB values already scaled to [0, 1] by ``pixel_scale``.
+    """
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_scale: float = 1.0 / 255.0
+    pad_value: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, section: Any, where: str = "manifest preprocessing") -> "Preprocessing":
+        """Build from a manifest's ``preprocessing`` dict; BadInput names the bad field."""
+        if not isinstance(section, dict):
+            raise BadInput(expected_got(where, "a dict", type(section).__name__))
+        for key, allowed in SUPPORTED.items():
+            value = section.get(key, allowed[0])
+            if value not in allowed:
+                raise BadInput(expected_got(f"{where}.{key}", " or ".join(map(repr, allowed)), repr(value)))
+        size = section.get("input_size")
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in size)):
+            raise BadInput(expected_got(f"{where}.input_size", "[H, W] positive ints", repr(size)))
+        triples = {}
+        for key in ("mean", "std"):
+            value = section.get(key)
+            if (not isinstance(value, (list, tuple)) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) for v in value)):
+                raise BadInput(expected_got(f"{where}.{key}", "3 numbers (R, G, B)", repr(value)))
+            triples[key] = tuple(float(v) for v in value)
+        if any(v == 0 for v in triples["std"]):
+            raise BadInput(expected_got(f"{where}.std", "non-zero values", repr(section["std"])))
+        scale = section.get("pixel_scale", 1.0 / 255.0)
+        if not isinstance(scale, (int, float)) or scale <= 0:
+            raise BadInput(expected_got(f"{where}.pixel_scale", "a positive number such as 1/255", repr(scale)))
+        pad = section.get("pad_value", 0.0)
+        if not isinstance(pad, (int, float)):
+            raise BadInput(expected_got(f"{where}.pad_value", "a number", repr(pad)))
+        return cls((size[0], size[1]), triples["mean"], triples["std"], float(scale), float(pad))
+
+
+def to_rgb(image: Any, what: str = "image") -> np.ndarray:
+    """Return ``image`` as uint8 ``[H, W, 3]`` RGB.
+
+    Accepts uint8 ``[H, W, 3]`` (RGB, returned as is), ``[H, W]`` or ``[H, W, 1]``
+    (grayscale, replicated) and ``[H, W, 4]`` (RGBA, alpha dropped as PIL's
+    RGBA -> RGB conversion does). Anything else raises BadInput.
+    """
+    if not isinstance(image, np.ndarray):
+        raise BadInput(expected_got(what, "a numpy uint8 array [H, W, 3] (RGB)", type(image).__name__))
+    if image.dtype != np.uint8:
+        raise BadInput(expected_got(what, "dtype uint8 (0..255 RGB)", f"dtype {image.dtype}"))
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise BadInput(expected_got(what, "shape [H, W, 3] (or [H, W] gray, [H, W, 4] RGBA)",
+                                    f"shape {list(image.shape)}"))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise BadInput(expected_got(what, "a non-empty image", f"shape {list(image.shape)}"))
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.shape[2] == 4:
+        return image[:, :, :3]
+    return image
+
+
+def resized_size(height: int, width: int, canvas: tuple[int, int]) -> tuple[int, int]:
+    """Size ``(h', w')`` of an ``height x width`` image fitted into ``canvas = (H, W)``.
+
+    ``scale = min(H / height, W / width)`` in Python float; each side is
+    ``int(side * scale)`` as ``torch.nn.functional.interpolate`` computes it with
+    ``recompute_scale_factor=True``. For a square canvas ``S`` this is
+    torchvision's ``min(S / min_side, S / max_side)`` policy.
+    """
+    scale = min(canvas[0] / height, canvas[1] / width)
+    return int(height * scale), int(width * scale)
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights along one axis, as ATen's CPU upsample_bilinear2d computes them.
+
+    align_corners=False, no explicit scale: ratio = float32(in) / out; source =
+    ratio * (dst + 0.5) - 0.5 clamped at 0; index0 = min(floor(source), in - 1);
+    lambda1 = clamp(source - index0, 0, 1); index1 = index0 + 1 unless at the edge.
+    """
+    if in_size == out_size:  # ATen copies: weight 1 on the same pixel
+        idx = np.arange(out_size)
+        return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+    ratio = np.float32(in_size) / np.float32(out_size)
+    # ATen's kernel is compiled with FMA contraction: ratio * (dst + 0.5) - 0.5 is
+    # rounded once. In float64 the product and difference are exact, so rounding
+    # that to float32 gives the same single rounding.
+    src = (np.float64(ratio) * (np.arange(out_size, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))
+    idx0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    lam1 = np.clip(src - idx0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    lam0 = (np.float32(1.0) - lam1).astype(np.float32)
+    idx1 = idx0 + (idx0 < in_size - 1)
+    return idx0, idx1, lam0, lam1
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int], layout: str = "CHW") -> np.ndarray:
+    """Bilinear resize of float32 ``[C, h, w]`` (or ``[h, w, C]`` with ``layout="HWC"``).
+
+    Same arithmetic as torch's upsample_bilinear2d (align_corners=False, no
+    antialias) in float32: interpolate along the width, then along the height,
+    ``h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d)``. Only the input rows the
+    output needs are interpolated along the width.
+    """
+    out_h, out_w = size
+    if out_h <= 0 or out_w <= 0:
+        raise BadInput(expected_got("resized image size", "both sides >= 1 pixel", f"{out_h}x{out_w}"))
+    hwc = image if layout == "HWC" else image.transpose(1, 2, 0)
+    x0, x1, wx0, wx1 = _linear_taps(hwc.shape[1], out_w)
+    y0, y1, wy0, wy1 = _linear_taps(hwc.shape[0], out_h)
+    needed = np.union1d(y0, y1)
+    src = np.take(hwc, needed, axis=0)
+    rows = np.take(src, x0, axis=1)
+    rows *= wx0[:, None]
+    tmp = np.take(src, x1, axis=1)
+    tmp *= wx1[:, None]
+    rows += tmp
+    r0, r1 = np.searchsorted(needed, y0), np.searchsorted(needed, y1)
+    out = np.take(rows, r0, axis=0)
+    out *= wy0[:, None, None]
+    tmp = np.take(rows, r1, axis=0)
+    tmp *= wy1[:, None, None]
+    out += tmp
+    return out if layout == "HWC" else out.transpose(2, 0, 1)
+
+
+def _pixel_divisor(pixel_scale: float) -> float | None:
+    """255.0 for pixel_scale 1/255: divide (as torchvision users do) rather than multiply."""
+    inv = 1.0 / pixel_scale
+    return float(round(inv)) if abs(inv - round(inv)) < 1e-9 else None
+
+
+def preprocess_image(image: Any, pre: Preprocessing, what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    """One image -> (float32 ``[3, H, W]`` canvas, resized size ``(h', w')`` before padding)."""
+    rgb = to_rgb(image, what)
+    height, width = rgb.shape[:2]
+    size = resized_size(height, width, pre.input_size)
+    if min(size) < 1:
+        raise BadInput(expected_got(f"{what} size", f"an aspect ratio that fits {pre.input_size[0]}x"
+                                    f"{pre.input_size[1]} with both sides >= 1 pixel", f"{height}x{width}"))
+    # Work in HWC (contiguous) and write the CHW canvas at the end; per element
+    # the arithmetic is torchvision's: x / 255, (x - mean) / std, then resize.
+    x = rgb.astype(np.float32)
+    divisor = _pixel_divisor(pre.pixel_scale)
+    if divisor is not None:
+        np.divide(x, np.float32(divisor), out=x)
+    else:
+        np.multiply(x, np.float32(pre.pixel_scale), out=x)
+    np.subtract(x, np.asarray(pre.mean, dtype=np.float32), out=x)
+    np.divide(x, np.asarray(pre.std, dtype=np.float32), out=x)
+    x = resize_bilinear(x, size, layout="HWC")
+    canvas = np.full((3, *pre.input_size), pre.pad_value, dtype=np.float32)
+    canvas[:, : size[0], : size[1]] = x.transpose(2, 0, 1)
+    return canvas, size
+
+
+def preprocess_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Images -> (``images`` float32 [B, 3, H, W], ``image_sizes`` float32 [B, 2], resized sizes).
+
+    ``names`` label the images in error messages (default ``image 0``, ``image 1``...).
+    """
+    if names is None:
+        names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
+    tensors, sizes = [], []
+    for image, name in zip(images, names):
+        tensor, size = preprocess_image(image, pre, what=name)
+        tensors.append(tensor)
+        sizes.append(size)
+    batch = np.stack(tensors) if tensors else np.zeros((0, 3, *pre.input_size), np.float32)
+    return batch, np.asarray(sizes, dtype=np.float32).reshape(-1, 2), sizes
