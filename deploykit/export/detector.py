@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -121,8 +122,7 @@ def export_detector(
         "precision": {"mode": "fp32"},
         "versions": versions(opset),
     }
-    write_manifest(out_path, manifest)
-    return manifest
+    return json.loads(write_manifest(out_path, manifest).read_text())
 
 
 def model_info(name: str, checkpoint: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:

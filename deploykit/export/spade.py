@@ -218,13 +218,17 @@ class SpadeExport(nn.Module):
     def encode(self, label_map: torch.Tensor, instance_map: torch.Tensor | None) -> torch.Tensor:
         """Raw maps → row index ``label + n · edge`` [B, H, W] int64 (see :func:`onehot_conv_tables`)."""
         cfg = self.cfg
-        lab = label_map.to(torch.int64)
+        raw = label_map.to(torch.int64)
+        lo, hi = cfg.label_range
+        valid = (raw >= lo) & (raw <= hi)
+        if cfg.contain_dontcare_label:
+            valid = valid | (raw == 255)
         if cfg.label_minus_one:
-            dontcare = (lab == 0) | (lab == 255)
-            lab = torch.where(dontcare, torch.full_like(lab, cfg.label_nc), lab - 1)
+            lab = torch.where((raw == 0) | (raw == 255), torch.full_like(raw, cfg.label_nc), raw - 1)
         elif cfg.contain_dontcare_label:
-            lab = torch.where(lab == 255, torch.full_like(lab, cfg.label_nc), lab)
-        valid = (lab >= 0) & (lab < cfg.onehot_nc)
+            lab = torch.where(raw == 255, torch.full_like(raw, cfg.label_nc), raw)
+        else:
+            lab = raw
         lab = torch.where(valid, lab, torch.full_like(lab, cfg.onehot_nc))
         if not cfg.use_instance:
             return lab

@@ -1,0 +1,234 @@
+"""``deploykit`` command line: export, infer, models, demo.
+
+Exit codes: 0 success, 1 a check failed (graph rule, parity), 2 bad usage or bad input.
+Errors are one line naming the thing, the expected and the got.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import BadInput, DeployKitError, expected_got
+
+
+def _fail_cleanly(fn):
+    """Turn deploykit errors into one-line messages with the right exit code (no tracebacks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DeployKitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _parse_size(value: str | None, what: str = "--input-size") -> tuple[int, int] | None:
+    if value is None:
+        return None
+    text = value.lower().replace("×", "x")
+    parts = text.split("x") if "x" in text else [text, text]
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise BadInput(expected_got(what, "HxW (e.g. 800x800) or a single size S", repr(value))) from None
+    return h, w
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise BadInput(expected_got("--set", "KEY=VALUE", repr(item)))
+        k, v = item.split("=", 1)
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                continue
+        else:
+            v = {"true": True, "false": False}.get(v.lower(), v)
+        out[k.strip()] = v
+    return out
+
+
+class _Progress:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(f"  … {msg}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="deploykit")
+def main() -> None:
+    """deploykit: export PyTorch vision models (Faster R-CNN, SPADE) to ONNX for TensorRT 11,
+    run them with a thin runtime, and prove they compute what PyTorch computes.
+
+    \b
+    Typical flow:
+      deploykit export fasterrcnn_demo -o demo.onnx      # ONNX + demo.json manifest
+      deploykit infer demo.onnx photo.jpg -o out/         # detections JSON + drawn PNG
+      deploykit demo                                       # the whole pipeline on the bundled demo models
+    """
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List the model names `export` accepts."""
+    from . import models
+
+    for name in models.names():
+        e = models.entry(name)
+        size = f"{e.default_size[0]}x{e.default_size[1]}" if e.default_size else "config"
+        ckpt = " (bundled checkpoint)" if e.bundled_checkpoint else ""
+        click.echo(f"{name:40s} {e.family:9s} {size}{ckpt}")
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="ONNX file to write; the manifest goes beside it (same stem, .json).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="State dict to load (torchvision COCO .pth, NVlabs SPADE latest_net_G.pth). "
+                   "Default: the bundled checkpoint for demo models, random weights otherwise.")
+@click.option("--input-size", help="Detector canvas HxW (multiples of 32). Default: the model's "
+                                   "(800x800 resnet50/mobilenet, 320x320 mobilenet 320 and demo, 600x600 vgg16).")
+@click.option("--batch", default=1, show_default=True, type=int, help="Static batch size.")
+@click.option("--dynamic-batch", type=int, default=None,
+              help="Make the batch axis dynamic, accepting 1..MAX images (overrides --batch).")
+@click.option("--max-detections", type=int, default=None,
+              help="Detector: rows K of the padded outputs. Default: the model's detections_per_img (100).")
+@click.option("--score-threshold", type=float, default=None,
+              help="Detector: final score threshold. Default: the model's box_score_thresh (0.05).")
+@click.option("--nms-iou", type=float, default=None,
+              help="Detector: per-class NMS IoU threshold. Default: the model's box_nms_thresh (0.5).")
+@click.option("--raw", is_flag=True, help="Detector: output pre-NMS tensors (RPN objectness and proposals, "
+                                          "class logits, box regression) instead of detections; for parity work.")
+@click.option("--image-output", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
+              help="SPADE: output `image` as float32 [B,3,H,W] in [-1,1] or uint8 [B,H,W,3].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Builder overrides, e.g. --set num_classes=21 or --set label_nc=40 (repeatable).")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@_fail_cleanly
+def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_detections, score_threshold,
+               nms_iou, raw, image_output, overrides, opset, quiet):
+    """Export MODEL (a name from `deploykit models`) to ONNX, checked against the graph rules.
+
+    \b
+    Detector graph: inputs `images` float32 [B,3,H,W] (normalised, zero-padded) and
+    `image_sizes` float32 [B,2]; outputs `num_detections` int32 [B], `boxes` [B,K,4]
+    (x1,y1,x2,y2, network-input pixels), `scores` [B,K], `labels` int32 [B,K]; padding rows
+    have box 0, score 0, label -1. Anchors are baked for the canvas; NMS is ONNX NonMaxSuppression.
+    SPADE graph: integer `label_map` [B,H,W] (+ `instance_map`), one-hot and edges in the graph.
+    """
+    from . import models
+
+    progress = _Progress(quiet)
+    e = models.entry(model)
+    extra = _parse_overrides(overrides)
+    if e.family == "generator":
+        from .export.spade import export_spade
+
+        progress(f"exporting {model}")
+        manifest = export_spade(model, out, checkpoint=checkpoint, batch=batch, dynamic_batch=dynamic_batch,
+                                output=image_output, opset=opset, overrides=extra or None)
+    else:
+        from .export.detector import export_detector, model_info
+
+        size = _parse_size(input_size) or e.default_size
+        ckpt = models.resolve_checkpoint(model, checkpoint)
+        build_kwargs = {"min_size": min(size), "max_size": max(size), **extra}
+        progress(f"building {model}" + (f" from {ckpt}" if ckpt else " (random weights)"))
+        net = models.build(model, ckpt, **build_kwargs)
+        manifest = export_detector(
+            net, out, input_size=size, batch=batch, dynamic_batch=dynamic_batch, max_detections=max_detections,
+            score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw,
+            model_info=model_info(model, ckpt, build_kwargs), class_names=detector_class_names(model, net),
+            progress=progress)
+    ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["inputs"])
+    outs = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["outputs"])
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"  inputs:  {ins}\n  outputs: {outs}")
+
+
+def detector_class_names(name: str, net) -> list[str]:
+    """Class names for a registered detector: demo shapes, COCO for 91-class models, else generic."""
+    n = int(net.roi_heads.box_predictor.cls_score.out_features)
+    if name == "fasterrcnn_demo":
+        from .models.synthetic_shapes import CLASS_NAMES
+
+        if len(CLASS_NAMES) == n:
+            return list(CLASS_NAMES)
+    if n == 91:
+        from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+        return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    return ["__background__"] + [f"class_{i}" for i in range(1, n)]
+
+
+@main.command("infer")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the results (one file set per input).")
+@click.option("--min-score", default=0.3, show_default=True, type=float,
+              help="Detector: draw and list only detections at or above this score.")
+@click.option("--instances", multiple=True, type=click.Path(dir_okay=False),
+              help="SPADE: instance-id PNG per label map (same order), for models with instance edges.")
+@click.option("--resize", is_flag=True, help="SPADE: resize label maps of another size with nearest.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@_fail_cleanly
+def infer_cmd(artifact, inputs, output_dir, min_score, instances, resize, threads):
+    """Run ARTIFACT (an exported .onnx with its manifest) on images or label maps.
+
+    Detector: writes `<stem>.json` (boxes in original-image pixels, scores, labels) and
+    `<stem>.png` (boxes drawn) per image. SPADE: writes `<stem>.png`, the generated image.
+    """
+    from .manifest import read_manifest
+
+    kind = read_manifest(artifact)["kind"]
+    if kind == "detector":
+        from .runtime.infer import infer_detector
+
+        written = infer_detector(artifact, list(inputs), output_dir, min_score=min_score, threads=threads)
+    else:
+        from .runtime.generator import infer_generator
+
+        written = infer_generator(artifact, list(inputs), output_dir, instance_paths=list(instances) or None,
+                                  resize=resize)
+    click.echo(f"wrote {len(written)} files to {output_dir}")
+
+
+@main.command("demo")
+@click.option("-o", "--output-dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the exported models, parity report and pictures go.")
+@click.option("--images", default=20, show_default=True, type=int, help="Held-out images for the parity check.")
+@click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime / torch threads.")
+@_fail_cleanly
+def demo_cmd(output_dir, images, threads):
+    """The main job on the bundled demo detector: export, parity against torchvision, inference.
+
+    Exits 1 if parity fails.
+    """
+    from .demo import run_demo
+
+    ok = run_demo(output_dir, n_images=images, threads=threads, echo=click.echo)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Shared fixtures; GPU/TensorRT tests skip with a reason where those are missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    skip_trt = pytest.mark.skip(reason="TensorRT Python package not installed (pip install deploykit[tensorrt])")
+    skip_gpu = pytest.mark.skip(reason="no NVIDIA GPU on this machine")
+    for item in items:
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+        if "gpu" in item.keywords and not _has_gpu():
+            item.add_marker(skip_gpu)

@@ -1,0 +1,189 @@
+"""Faster R-CNN export: graph rules, determinism, manifest, and pre-NMS parity against torchvision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploykit.errors import BadInput, CheckFailed
+from deploykit.export import graph_violations
+from deploykit.export.detector import export_detector
+from deploykit.models import build
+from deploykit.models.detection_export import RAW_OUTPUT_NAMES, ExportableFasterRCNN
+from deploykit.parity.fasterrcnn import reference_raw
+from deploykit.parity.metrics import box_iou
+
+
+def spread_heads(model, seed=1, size=320):
+    """Random weights that give distinct scores.
+
+    With torchvision's random init, BatchNorm statistics (mean 0, var 1) let activations
+    vanish (feature std ~1e-8) and RPN logits are ~0: every score ties and NMS order among
+    exact ties is arbitrary, so parity would be meaningless. Calibrate BatchNorm statistics
+    on random images (still random weights) and widen the box predictor's init.
+    """
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if bns:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average
+        model.backbone.train()
+        with torch.no_grad():
+            for _ in range(2):
+                model.backbone(torch.randn(2, 3, size, size, generator=g))
+        model.backbone.eval()
+    heads = [(model.roi_heads.box_predictor.cls_score, 0.05), (model.roi_heads.box_predictor.bbox_pred, 0.01)]
+    with torch.no_grad():
+        for mod, std in heads:
+            mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * std)
+            mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * std)
+    return model
+
+
+def rel_err(ref, got):
+    ref = np.asarray(ref, np.float64)
+    return float(np.abs(ref - np.asarray(got, np.float64)).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def run_raw_parity(name, size, tmp_path, **build_kwargs):
+    torch.manual_seed(0)
+    model = spread_heads(build(name, min_size=size, max_size=size, **build_kwargs), size=size)
+    path = tmp_path / f"{name}_raw.onnx"
+    export_detector(model, path, input_size=(size, size), raw=True)
+    onnx_model = onnx.load(str(path))
+    assert graph_violations(onnx_model) == []
+    ops = {n.op_type for n in onnx_model.graph.node}
+    assert "NonMaxSuppression" in ops and "RoiAlign" in ops and "If" not in ops
+
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(2))
+    ref = reference_raw(model, [image])
+    feed = {"images": model.transform([image])[0].tensors.numpy(),
+            "image_sizes": np.array([[size, size]], np.float32)}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip(RAW_OUTPUT_NAMES, sess.run(RAW_OUTPUT_NAMES, feed)))
+
+    # every anchor's objectness and decoded proposal, pre-NMS
+    assert rel_err(ref["rpn_objectness"][0], got["rpn_objectness"][0]) <= 1e-4
+    assert rel_err(ref["rpn_proposals"][0], got["rpn_proposals"][0]) <= 1e-4
+    # proposals after RPN NMS: the same set; box head outputs on each matched proposal
+    n = int(got["proposal_valid"][0].sum())
+    props, ref_props = got["proposals"][0][:n], ref["proposals"][0]
+    iou = box_iou(props, ref_props)
+    partner = iou.argmax(1)
+    matched = iou.max(1) >= 0.9999
+    assert n == len(ref_props)
+    assert matched.mean() >= 0.98, f"only {matched.mean():.3f} of proposals matched"
+    for key in ("class_logits", "box_regression"):
+        ours = got[key][0][:n][matched]
+        theirs = ref[key][0][partner[matched]]
+        assert rel_err(theirs, ours) <= 1e-4, key
+    return path
+
+
+def test_mobilenet_320_raw_parity(tmp_path):
+    run_raw_parity("fasterrcnn_mobilenet_v3_large_320_fpn", 320, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [
+    ("fasterrcnn_resnet50_fpn", 800),
+    ("fasterrcnn_resnet50_fpn_v2", 800),
+    ("fasterrcnn_mobilenet_v3_large_fpn", 800),
+    ("fasterrcnn_vgg16", 600),
+])
+def test_architecture_raw_parity(name, size, tmp_path):
+    run_raw_parity(name, size, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return spread_heads(build("fasterrcnn_mobilenet_v3_large_320_fpn", min_size=320, max_size=320))
+
+
+def test_export_is_deterministic_and_manifest_complete(small_model, tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    manifest = export_detector(small_model, a, input_size=(320, 320), max_detections=50)
+    export_detector(small_model, b, input_size=(320, 320), max_detections=50)
+    assert a.read_bytes() == b.read_bytes()
+    on_disk = json.loads(a.with_suffix(".json").read_text())
+    assert on_disk == manifest
+    assert [t["name"] for t in manifest["inputs"]] == ["images", "image_sizes"]
+    shapes = {t["name"]: t["shape"] for t in manifest["outputs"]}
+    assert shapes == {"num_detections": [1], "boxes": [1, 50, 4], "scores": [1, 50], "labels": [1, 50]}
+    assert manifest["preprocessing"]["input_size"] == [320, 320]
+    assert manifest["postprocessing"]["padding"]["labels"] == -1
+    assert len(manifest["artifact"]["sha256"]) == 64
+    # anchors are one constant: no AnchorGenerator arithmetic (no Range/meshgrid) in the graph
+    ops = {n.op_type for n in onnx.load(str(a)).graph.node}
+    assert "Range" not in ops
+
+
+def test_dynamic_batch_runs_two_images(small_model, tmp_path):
+    path = tmp_path / "dyn.onnx"
+    manifest = export_detector(small_model, path, input_size=(320, 320), dynamic_batch=4)
+    assert manifest["outputs"][1]["shape"] == ["batch", 100, 4]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    imgs = [torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    batch = small_model.transform(imgs)[0].tensors.numpy()
+    sizes = np.full((2, 2), 320, np.float32)
+    num, boxes, scores, labels = sess.run(None, {"images": batch, "image_sizes": sizes})
+    single = sess.run(None, {"images": batch[1:], "image_sizes": sizes[1:]})
+    assert boxes.shape == (2, 100, 4) and num.dtype == np.int32 and labels.dtype == np.int32
+    np.testing.assert_allclose(boxes[1], single[1][0], atol=1e-3)
+    # padding rows: box 0, score 0, label -1
+    k = int(num[0])
+    if k < 100:
+        assert (labels[0, k:] == -1).all() and (scores[0, k:] == 0).all() and (boxes[0, k:] == 0).all()
+
+
+def test_clipping_uses_image_sizes(small_model, tmp_path):
+    """Boxes never leave the unpadded resized image given in `image_sizes`."""
+    wrapper = ExportableFasterRCNN(small_model, (320, 320), score_threshold=0.0)
+    img = torch.rand(1, 3, 320, 320)
+    sizes = torch.tensor([[200.0, 120.0]])
+    with torch.no_grad():
+        num, boxes, scores, labels = wrapper(img, sizes)
+    k = int(num[0])
+    assert k > 0
+    assert float(boxes[0, :k, 2].max()) <= 120.0 and float(boxes[0, :k, 3].max()) <= 200.0
+
+
+def test_bad_arguments_are_one_line_errors(small_model, tmp_path):
+    out = tmp_path / "x.onnx"
+    for kwargs, word in [({"input_size": (300, 320)}, "multiples of 32"),
+                         ({"input_size": (320, 320), "max_detections": 5000}, "3840"),
+                         ({"input_size": (320, 320), "nms_iou": 0.0}, "--nms-iou"),
+                         ({"input_size": (320, 320), "score_threshold": 1.5}, "--score-threshold")]:
+        with pytest.raises(BadInput, match=word) as e:
+            export_detector(small_model, out, **kwargs)
+        assert "\n" not in str(e.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_graph_rules_catch_violations():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5000])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [4000])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "n"])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, "n"])
+    topk = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="big_topk")
+    g = helper.make_graph([topk], "g", [x], [v, i], initializer=[k])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    problems = graph_violations(m)
+    assert any("exceeds TensorRT's limit" in p for p in problems)
+    nz = helper.make_node("NonZero", ["x"], ["i"], name="nz")
+    loop_free = helper.make_graph([nz], "g2", [x], [helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    problems = graph_violations(helper.make_model(loop_free, opset_imports=[helper.make_opsetid("", 18)]))
+    assert any("expected a static size" in p for p in problems), problems
+    from deploykit.export import check_graph
+
+    with pytest.raises(CheckFailed):
+        check_graph(m)
