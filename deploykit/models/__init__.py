@@ -49,7 +49,7 @@ for _name, _size in [
     ("fasterrcnn_resnet50_fpn_v2", (800, 800)),
     ("fasterrcnn_mobilenet_v3_large_fpn", (800, 800)),
     ("fasterrcnn_mobilenet_v3_large_320_fpn", (320, 320)),
-    ("fasterrcnn_vgg16", (600, 600)),
+    ("fasterrcnn_vgg16", (608, 608)),
 ]:
     register(ModelEntry(_name, "detector", f".fasterrcnn:build_{_name}", _size))
 register(ModelEntry("fasterrcnn_demo", "detector", ".demo_detector:build_demo_detector", (320, 320),

@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Benchmark: exported Faster R-CNN on ONNX Runtime vs torchvision eager, same process, same machine.
+
+For each model and score threshold: export FP32, then alternate eager ``model([img])`` and
+``Detector.predict(img)`` (both end to end: resize, normalise, network, NMS, rescale) so both
+see the same machine load; report medians and the ratio. Then profile ONNX Runtime and
+say where its time goes (share per op type).
+
+    python scripts/bench_detector.py --json bench_detector.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from deploykit.export.detector import export_detector
+from deploykit.models import build, resolve_checkpoint
+from deploykit.parity.detector import held_out_images, reference_detections
+from deploykit.runtime import Detector
+
+CASES = [
+    ("fasterrcnn_resnet50_fpn", 800),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320),
+    ("fasterrcnn_demo", 320),
+]
+
+
+def calibrate_random(model, size: int, seed: int = 0):
+    """Random weights with BatchNorm statistics measured on random images, so activations
+    (and hence scores, NMS load) look like a trained model's rather than vanishing."""
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not bns:
+        return model
+    g = torch.Generator().manual_seed(seed)
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.backbone.train()
+    with torch.no_grad():
+        model.backbone(torch.randn(2, 3, size, size, generator=g))
+    model.backbone.eval()
+    return model
+
+
+def profile_ops(path: Path, feed: dict, threads: int, runs: int = 3) -> list[tuple[str, float]]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as d:
+        opts.profile_file_prefix = str(Path(d) / "prof")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"].get("op_name", "?")] += e["dur"]
+    total = sum(per_op.values()) or 1.0
+    return sorted(((op, 100.0 * us / total) for op, us in per_op.items()), key=lambda x: -x[1])
+
+
+def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, iters: int, threads: int,
+               workdir: Path) -> dict:
+    kwargs = {"min_size": size, "max_size": size}
+    if thresh is not None:
+        kwargs["box_score_thresh"] = thresh
+    ckpt = resolve_checkpoint(name, None)
+    model = build(name, ckpt, **kwargs)
+    if ckpt is None:
+        calibrate_random(model, size)
+    path = workdir / f"{name}_{thresh}.onnx"
+    t0 = time.perf_counter()
+    export_detector(model, path, input_size=(size, size))
+    export_s = time.perf_counter() - t0
+    det = Detector(path, threads=threads)
+    reference_detections(model, image)
+    det.predict(image)  # warm-up both
+    t_eager, t_ort = [], []
+    n_eager = n_ort = 0
+    for _ in range(iters):
+        t = time.perf_counter()
+        ref = reference_detections(model, image)
+        t_eager.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        got = det.predict(image)
+        t_ort.append(time.perf_counter() - t)
+        n_eager, n_ort = len(ref[1]), len(got)
+    me, mo = statistics.median(t_eager), statistics.median(t_ort)
+    # model-only feed for the profile
+    from deploykit.runtime.preprocess import Preprocessing, preprocess_batch
+
+    pre = Preprocessing.from_manifest(det.session.manifest["preprocessing"])
+    images, sizes, _ = preprocess_batch([image], pre)
+    feed = {"images": images, "image_sizes": sizes}
+    ops = profile_ops(path, feed, threads)
+    det.close()
+    return {"model": name, "size": size, "score_threshold": model.roi_heads.score_thresh,
+            "weights": "bundled checkpoint" if ckpt else "random (BN-calibrated)",
+            "eager_ms": me * 1e3, "onnxruntime_ms": mo * 1e3, "speedup": me / mo,
+            "detections_eager": n_eager, "detections_onnx": n_ort, "export_s": export_s,
+            "profile_top_ops_pct": ops[:8]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per side (median reported)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", default=",".join(n for n, _ in CASES), help="comma-separated subset")
+    p.add_argument("--json", type=Path, default=None, help="write results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    image = held_out_images(1)[0]
+    wanted = set(args.models.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, size in CASES:
+            if name not in wanted:
+                continue
+            for thresh in (None, 0.0):
+                r = bench_case(name, size, thresh, image, args.iters, args.threads, Path(d))
+                rows.append(r)
+                ops = ", ".join(f"{op} {pct:.0f}%" for op, pct in r["profile_top_ops_pct"][:5])
+                print(f"{name:40s} thr={r['score_threshold']:<5} eager {r['eager_ms']:8.1f} ms  "
+                      f"ORT {r['onnxruntime_ms']:8.1f} ms  speedup {r['speedup']:.2f}x  "
+                      f"dets {r['detections_eager']}/{r['detections_onnx']}  | {ops}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "image_shape": list(image.shape),
+                                         "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
