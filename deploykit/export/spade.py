@@ -99,20 +99,23 @@ def onehot_conv_tables(weight: torch.Tensor, cfg: SpadeConfig) -> tuple[torch.Te
 
 
 class OneHotConv(nn.Module):
-    """``conv3x3(onehot(index map))`` as 9 Gathers + sum; [B, h, w] int64 → [B, C, h, w]."""
+    """``conv3x3(onehot(index map)) + bias`` as one Gather over the 9 taps and a sum.
+
+    Input: the tap indices [9, B, h, w] int64 of :func:`tap_indices` (tap ``t``'s
+    rows are offset by ``t · rows``). Output [B, C, h, w] float32. The bias is
+    stored in tap 0's rows: every pixel reads exactly one of them.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: SpadeConfig, relu: bool):
         super().__init__()
-        tables, pad_row = onehot_conv_tables(weight, cfg)
-        self.register_buffer("tables", tables)
-        self.register_buffer("bias", (bias.detach() if bias is not None else torch.zeros(weight.shape[0])).clone())
-        self.pad_row = pad_row
+        tables, _ = onehot_conv_tables(weight, cfg)
+        if bias is not None:
+            tables[0] += bias.detach().float()[None, :]
+        self.register_buffer("table", tables.reshape(-1, tables.shape[-1]).contiguous())
         self.relu = relu
 
-    def forward(self, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        acc = self.bias
-        for t, (ky, kx) in enumerate(_TAPS):
-            acc = acc + F.embedding(padded[:, ky : ky + h, kx : kx + w], self.tables[t])
+    def forward(self, taps: torch.Tensor) -> torch.Tensor:
+        acc = F.embedding(taps, self.table).sum(dim=0)
         if self.relu:
             acc = torch.relu(acc)
         return acc.permute(0, 3, 1, 2)
@@ -139,17 +142,20 @@ class FoldedSPADE(nn.Module):
             wg, bg, wb, bb = (wg * a[:, None, None, None], bg * a,
                               wb + wg * c[:, None, None, None], bb + bg * c)
         self.norm_nc = wg.shape[0]
-        self.gb = nn.Conv2d(wg.shape[1], 2 * self.norm_nc, 3, padding=1)
+        # gamma and beta as two convs (one conv + Split costs a copy of both halves)
+        self.gamma = nn.Conv2d(wg.shape[1], self.norm_nc, 3, padding=1)
+        self.beta = nn.Conv2d(wg.shape[1], self.norm_nc, 3, padding=1)
         with torch.no_grad():
-            self.gb.weight.copy_(torch.cat([wg, wb]).float())
-            self.gb.bias.copy_(torch.cat([bg, bb]).float())
+            self.gamma.weight.copy_(wg.float())
+            self.gamma.bias.copy_(bg.float())
+            self.beta.weight.copy_(wb.float())
+            self.beta.bias.copy_(bb.float())
 
-    def forward(self, x: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        gamma, beta = self.gb(self.mlp(padded, h, w)).split(self.norm_nc, dim=1)
+    def forward(self, x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        actv = self.mlp(taps)
         if self.instance_norm:
             x = F.instance_norm(x, eps=self.eps)
-        return x * gamma + beta
+        return x * self.gamma(actv) + self.beta(actv)
 
 
 class FoldedBlock(nn.Module):
@@ -164,10 +170,10 @@ class FoldedBlock(nn.Module):
             self.conv_s = _plain_conv(block.conv_s)
             self.norm_s = FoldedSPADE(block.norm_s, cfg)
 
-    def forward(self, x: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-        x_s = self.conv_s(self.norm_s(x, padded)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, padded), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, padded), 0.2))
+    def forward(self, x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        x_s = self.conv_s(self.norm_s(x, taps)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, taps), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, taps), 0.2))
         return x_s + dx
 
 
@@ -244,11 +250,15 @@ class SpadeExport(nn.Module):
         ey = torch.maximum(F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1)))
         return torch.maximum(ex, ey)
 
-    def padded_at(self, index: torch.Tensor, h: int) -> torch.Tensor:
-        """Nearest-resize the row-index map to ``h`` rows (integer factor) and pad by 1 with the zero row."""
+    def taps_at(self, index: torch.Tensor, h: int) -> torch.Tensor:
+        """Nearest-resize the row-index map to ``h`` rows (integer factor), pad by 1 with the
+        zero row, and stack the 9 shifted views with tap ``t`` offset by ``t · rows``: [9, B, h, w]."""
         f = self.size[0] // h
         sub = index[:, ::f, ::f] if f > 1 else index
-        return F.pad(sub, (1, 1, 1, 1), value=self.fc_pad_row)
+        w = sub.shape[2]
+        padded = F.pad(sub, (1, 1, 1, 1), value=self.fc_pad_row)
+        rows = self.fc_pad_row + 1
+        return torch.stack([padded[:, ky : ky + h, kx : kx + w] + t * rows for t, (ky, kx) in enumerate(_TAPS)])
 
     @property
     def fc_pad_row(self) -> int:
@@ -256,23 +266,21 @@ class SpadeExport(nn.Module):
 
     # -- forward ----------------------------------------------------------------
 
-    def forward(self, label_map: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_map: torch.Tensor, instance_map: torch.Tensor | None = None,
+                z: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
-        rest = list(rest)
-        instance_map = rest.pop(0) if cfg.use_instance else None
-        z = rest.pop(0) if cfg.use_vae else None
         index = self.encode(label_map, instance_map)
         cache: dict[int, torch.Tensor] = {}
 
         def seg(h: int) -> torch.Tensor:
             if h not in cache:
-                cache[h] = self.padded_at(index, h)
+                cache[h] = self.taps_at(index, h)
             return cache[h]
 
         if cfg.use_vae:
             x = self.fc(z).reshape(-1, self.nf16, self.sh, self.sw)
         else:
-            x = self.fc(seg(self.sh), self.sh, self.sw)
+            x = self.fc(seg(self.sh))
         x = self.head_0(x, seg(x.shape[2]))
         x = up(x)
         x = self.G_middle_0(x, seg(x.shape[2]))
@@ -290,6 +298,24 @@ class SpadeExport(nn.Module):
 
 def up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class _LabelAndZ(nn.Module):
+    """Positional ``(label_map, z)`` for VAE generators without instance maps (torch.export
+    needs the graph inputs as exactly the forward's positional arguments)."""
+
+    def __init__(self, inner: SpadeExport):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, label_map: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.inner(label_map, None, z)
+
+
+def for_export(module: SpadeExport) -> nn.Module:
+    """The module whose positional inputs are :func:`input_names`."""
+    cfg = module.cfg
+    return _LabelAndZ(module) if cfg.use_vae and not cfg.use_instance else module
 
 
 # --------------------------------------------------------------------------- export + manifest
@@ -361,14 +387,16 @@ def export_spade(name: str, out_path: str | os.PathLike, *, checkpoint: str | No
     if module is None:
         torch.manual_seed(0)  # random weights for checkpoint-less full-size configs are reproducible
         module = build_spade(name, checkpoint, **overrides)
-    cfg = module.cfg
-    if checkpoint is None and name in ("demo", "spade_demo") and not overrides:
-        from ..models.spade import default_demo_checkpoint
+        if checkpoint is None and name in ("demo", "spade_demo") and not overrides:
+            from ..models.spade import default_demo_checkpoint
 
-        checkpoint = default_demo_checkpoint()
-    wrapper = SpadeExport(module.eval(), output=output).eval()
+            checkpoint = default_demo_checkpoint()
+    cfg = module.cfg
+    wrapper = for_export(SpadeExport(module.eval(), output=output).eval())
     names = input_names(cfg)
-    export_module(wrapper, example_inputs(cfg, batch), out_path, input_names=names, output_names=["image"],
+    # a dynamic axis must not be traced at size 1 (torch.export specialises 0/1 sizes)
+    traced_batch = batch if dynamic_batch is None else max(batch, 2)
+    export_module(wrapper, example_inputs(cfg, traced_batch), out_path, input_names=names, output_names=["image"],
                   dynamic_batch=dynamic_batch, opset=opset)
     bdim: int | str = "batch" if dynamic_batch is not None else batch
     h, w = cfg.image_size

@@ -1,0 +1,204 @@
+"""SPADE generator runtime: a label map (and instance map) in, an H×W×3 uint8 image out.
+
+No torch here: everything the graph needs to be fed is in the manifest's
+``preprocessing`` (written by :func:`deploykit.export.spade.export_spade`).
+The graph itself does the one-hot encoding, the dontcare mapping and the
+instance edge map; this module checks the user's maps (size, dtype, label
+range) and turns the output into uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInput, expected_got
+from .session import load
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """[3, H, W] float in [-1, 1] → [H, W, 3] uint8: ``floor((y + 1) · 127.5 + 0.5)``, clipped."""
+    x = np.floor((np.clip(image, -1.0, 1.0).astype(np.float32) + 1.0) * 127.5 + 0.5)
+    return np.clip(x, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an integer map to ``size`` = (H, W) with nearest, as PIL's ``Image.NEAREST``
+    (what the upstream SPADE loader uses for label and instance maps):
+    source index ``floor((i + 0.5) · in / out)``."""
+    h, w = size
+    ih, iw = a.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * ih / h).astype(np.int64), ih - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * iw / w).astype(np.int64), iw - 1)
+    return a[rows[:, None], cols[None, :]]
+
+
+class Generator:
+    """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
+
+    ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
+    [H, W, 3] uint8. ``label_map``: [H, W] integer array of raw labels (values as
+    in the training data: ``label_range`` plus the dontcare values, see
+    :attr:`allowed_labels`); ``instance_map``: [H, W] integer ids, required when the
+    model uses instance edges. H×W must equal :attr:`size` unless ``resize=True``
+    (nearest, as the upstream loader).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+        self.session = load(path, threads=threads)
+        manifest = self.session.manifest
+        if not manifest:
+            raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",
+                                        "no manifest"))
+        self.manifest: dict[str, Any] = manifest
+        if self.manifest.get("kind") != "generator":
+            raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
+                                        f"kind {self.manifest.get('kind')!r}"))
+        pre = self.manifest["preprocessing"]
+        self.pre = pre
+        self.size: tuple[int, int] = (int(pre["input_size"][0]), int(pre["input_size"][1]))
+        self.label_range: tuple[int, int] = (int(pre["label_range"][0]), int(pre["label_range"][1]))
+        self.dontcare_values: tuple[int, ...] = tuple(int(v) for v in pre.get("dontcare_values", []))
+        self.use_instance = bool(pre["use_instance"])
+        self.use_vae = bool(pre.get("use_vae", False))
+        self.z_dim = pre.get("z_dim")
+        self.dtypes = {k: np.dtype(v) for k, v in pre["input_dtypes"].items()}
+        batch = self.manifest["batch"]
+        self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
+        self.output_kind = self.manifest.get("postprocessing", {}).get("output", "float")
+
+    @property
+    def allowed_labels(self) -> str:
+        lo, hi = self.label_range
+        extra = [v for v in self.dontcare_values if not lo <= v <= hi]
+        return f"{lo}..{hi}" + "".join(f" or {v} (dontcare)" for v in extra)
+
+    # -- input checks -------------------------------------------------------
+
+    def _as_map(self, a: Any, what: str, resize: bool) -> np.ndarray:
+        a = np.asarray(a)
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if a.ndim != 2:
+            hint = " (an RGB image? label and instance maps are single-channel integer images)" if a.ndim == 3 else ""
+            raise BadInput(expected_got(f"{what} shape", "[H, W]", f"{list(a.shape)}{hint}"))
+        if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+            raise BadInput(expected_got(f"{what} dtype", "an integer type (uint8, int32, ...)", str(a.dtype)))
+        if a.shape != self.size:
+            if not resize:
+                raise BadInput(expected_got(f"{what} size (H, W)", self.size,
+                                            f"{tuple(a.shape)} (resize it, or pass resize=True / --resize for nearest)"))
+            a = resize_nearest(a, self.size)
+        return a
+
+    def check_labels(self, label_map: np.ndarray) -> None:
+        """Raise :class:`BadInput` naming the first out-of-range label, where it is and the allowed range."""
+        lo, hi = self.label_range
+        bad = (label_map < lo) | (label_map > hi)
+        for v in self.dontcare_values:
+            bad &= label_map != v
+        if bad.any():
+            y, x = (int(i) for i in np.argwhere(bad)[0])
+            n = int(bad.sum())
+            more = f" ({n - 1} more pixels out of range)" if n > 1 else ""
+            raise BadInput(expected_got("label_map value", f"labels {self.allowed_labels}",
+                                        f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
+
+    def _instances(self, inst: np.ndarray) -> np.ndarray:
+        info = np.iinfo(np.int32)
+        if inst.size and (inst.min() < info.min or inst.max() > info.max):
+            # only equality of neighbouring ids matters (edges): renumber compactly
+            inst = np.unique(inst, return_inverse=True)[1].reshape(inst.shape)
+        return inst.astype(np.int32)
+
+    def feed(self, label_map: Any, instance_map: Any = None, *, z: Any = None, seed: int | None = None,
+             resize: bool = False) -> dict[str, np.ndarray]:
+        """The checked input dict for one image (batch axis added, padded to a static batch)."""
+        lab = self._as_map(label_map, "label_map", resize)
+        self.check_labels(lab)
+        feed = {"label_map": lab.astype(self.dtypes["label_map"])[None]}
+        if self.use_instance:
+            if instance_map is None:
+                raise BadInput(expected_got("instance_map", "an instance map (this generator uses instance edges)",
+                                            "none (pass instance_map=..., or --instances on the command line)"))
+            inst = self._as_map(instance_map, "instance_map", resize)
+            feed["instance_map"] = self._instances(inst)[None]
+        elif instance_map is not None:
+            raise BadInput(expected_got("instance_map", "none (this generator uses no instance edges)", "a map"))
+        if self.use_vae:
+            if z is None:
+                z = np.random.default_rng(seed).standard_normal(self.z_dim)
+            z = np.asarray(z, np.float32).reshape(-1)
+            if z.shape != (self.z_dim,):
+                raise BadInput(expected_got("z shape", [self.z_dim], list(z.shape)))
+            feed["z"] = z[None]
+        if self.batch > 1:  # a static-batch artifact: repeat the image, keep the first result
+            feed = {k: np.repeat(v, self.batch, axis=0) for k, v in feed.items()}
+        return feed
+
+    # -- run ------------------------------------------------------------------
+
+    def generate(self, label_map: Any, instance_map: Any = None, *, z: Any = None, seed: int | None = None,
+                 resize: bool = False) -> np.ndarray:
+        """One image: [H, W, 3] uint8. ``z``/``seed`` only for VAE generators (``z`` defaults to N(0, 1))."""
+        out = self.session.run(self.feed(label_map, instance_map, z=z, seed=seed, resize=resize))["image"]
+        if out.dtype == np.uint8:  # exported with output="uint8": [B, H, W, 3]
+            return np.ascontiguousarray(out[0])
+        return to_uint8_image(out[0])
+
+
+def read_map(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A single-channel PNG (8/16/32-bit or palette) → [H, W] integer array."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+                raise BadInput(expected_got(f"{what} {path}", "a single-channel label image (mode L, P, I or I;16)",
+                                            f"mode {im.mode}"))
+            a = np.array(im)
+    except FileNotFoundError:
+        raise BadInput(expected_got(f"{what} {path}", "an existing image file", "no such file")) from None
+    except UnidentifiedImageError:
+        raise BadInput(expected_got(f"{what} {path}", "an image file (PNG)", "unreadable data")) from None
+    return a.astype(np.int64) if a.dtype == bool else a
+
+
+def infer_generator(model_path: str | os.PathLike, label_paths: Sequence[str | os.PathLike],
+                    out_dir: str | os.PathLike, instance_paths: Sequence[str | os.PathLike] | None = None,
+                    resize: bool = False, threads: int | None = None) -> list[Path]:
+    """Generate one PNG per label map into ``out_dir`` (``<label stem>.png``, written atomically).
+
+    ``instance_paths``: one instance map per label map, in the same order, for
+    instance models. Returns the written paths.
+    """
+    from PIL import Image
+
+    from ..fileio import atomic_path
+
+    gen = Generator(model_path, threads=threads)
+    label_paths = [Path(p) for p in label_paths]
+    if instance_paths is not None and len(instance_paths) != len(label_paths):
+        raise BadInput(expected_got("instance maps", f"one per label map ({len(label_paths)})", len(instance_paths)))
+    stems = [p.stem for p in label_paths]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise BadInput(expected_got("label map file names", "distinct stems (outputs are <stem>.png)",
+                                    f"duplicates {dup}"))
+    out_dir = Path(out_dir)
+    written = []
+    for i, lp in enumerate(label_paths):
+        lab = read_map(lp, "label map")
+        inst = read_map(instance_paths[i], "instance map") if instance_paths is not None else None
+        try:
+            img = gen.generate(lab, inst, resize=resize)
+        except BadInput as e:
+            raise BadInput(f"{lp}: {e}") from None
+        dst = out_dir / f"{lp.stem}.png"
+        with atomic_path(dst) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
+        written.append(dst)
+    return written
