@@ -117,6 +117,10 @@ def models_cmd() -> None:
               help="Detector: per-class NMS IoU threshold. Default: the model's box_nms_thresh (0.5).")
 @click.option("--raw", is_flag=True, help="Detector: output pre-NMS tensors (RPN objectness and proposals, "
                                           "class logits, box regression) instead of detections; for parity work.")
+@click.option("--emulate-padding/--no-emulate-padding", default=True, show_default=True,
+              help="Detector: make the fixed canvas compute exactly what torchvision computes on the image "
+                   "padded to a multiple of 32 (masks per convolution; slightly slower). Without it, "
+                   "results near the padded border differ from torchvision's.")
 @click.option("--image-output", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="SPADE: output `image` as float32 [B,3,H,W] in [-1,1] or uint8 [B,H,W,3].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -125,7 +129,7 @@ def models_cmd() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @_fail_cleanly
 def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_detections, score_threshold,
-               nms_iou, raw, image_output, overrides, opset, quiet):
+               nms_iou, raw, emulate_padding, image_output, overrides, opset, quiet):
     """Export MODEL (a name from `deploykit models`) to ONNX, checked against the graph rules.
 
     \b
@@ -156,7 +160,7 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
         net = models.build(model, ckpt, **build_kwargs)
         manifest = export_detector(
             net, out, input_size=size, batch=batch, dynamic_batch=dynamic_batch, max_detections=max_detections,
-            score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw,
+            score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw, emulate_padding=emulate_padding,
             model_info=model_info(model, ckpt, build_kwargs), class_names=detector_class_names(model, net),
             progress=progress)
     ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["inputs"])

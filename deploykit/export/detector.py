@@ -48,6 +48,7 @@ def export_detector(
     nms_iou: float | None = None,
     opset: int = DEFAULT_OPSET,
     raw: bool = False,
+    emulate_padding: bool = True,
     model_info: dict[str, Any] | None = None,
     class_names: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -75,7 +76,7 @@ def export_detector(
                                     max_detections))
     say(f"building export graph for {h}x{w} (anchors baked for this size)")
     wrapper = ExportableFasterRCNN(model, (h, w), max_detections=max_detections, score_threshold=score_threshold,
-                                   nms_iou=nms_iou, raw=raw).eval()
+                                   nms_iou=nms_iou, raw=raw, emulate_padding=emulate_padding).eval()
     b = max(batch, 2) if dynamic_batch is not None else batch
     example = (torch.zeros(b, 3, h, w), torch.full((b, 2), float(min(h, w))))
     outputs = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
@@ -104,6 +105,8 @@ def export_detector(
             "layout": "NCHW",
             "color": "RGB",
             "pad_value": 0.0,
+            "padding_emulation": emulate_padding,
+            "size_divisible": wrapper.size_divisible,
             "reference_transform": {"min_size": min(h, w), "max_size": max(h, w)},
         },
         "postprocessing": {

@@ -13,7 +13,13 @@ replaces everything data-dependent with fixed-shape tensor code:
   NMS batch or class axis, never the coordinate-offset trick that overflows FP16);
 * MultiScaleRoIAlign runs ``roi_align`` on every level and picks each RoI's level
   with ``where`` (no ``If`` nodes);
-* outputs are padded to ``max_detections``.
+* outputs are padded to ``max_detections``;
+* torchvision pads each image only to the next multiple of ``size_divisible`` (32),
+  while the graph's canvas is fixed: :class:`PaddingEmulation` makes the canvas
+  behave exactly like that smaller padded image (convolutions see zeros beyond it,
+  global means count only it, anchors and their strides are those torchvision
+  generates for it, RoIAlign clamps at its border), so results equal
+  torchvision's ``model([image])`` for every image size, not only for full canvases.
 
 Inputs: ``images`` float32 [B,3,H,W] (normalised, zero-padded bottom/right
 after normalisation) and ``image_sizes`` float32 [B,2] (height, width of each
@@ -25,6 +31,7 @@ score 0, label -1.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -141,6 +148,86 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Emulating torchvision's per-image padding inside a fixed canvas
+# --------------------------------------------------------------------------------------------
+class _MaskedGlobalMean(nn.Module):
+    """``AdaptiveAvgPool2d(1)`` over the valid (padded-to-32) region only."""
+
+    def __init__(self, emulation: "PaddingEmulation"):
+        super().__init__()
+        self.emulation = [emulation]  # a list: not a registered submodule
+
+    def forward(self, x: Tensor) -> Tensor:
+        em = self.emulation[0]
+        if em.valid is None:
+            return x.mean(dim=(2, 3), keepdim=True)
+        mask = em.mask(x)
+        count = mask.sum(dim=(2, 3), keepdim=True)
+        return (x * mask).sum(dim=(2, 3), keepdim=True) / count
+
+
+class PaddingEmulation:
+    """Make a fixed H×W canvas compute what torchvision computes on the image padded to a multiple of 32.
+
+    ``valid`` holds, during a forward, the padded size (Hp, Wp) of each image [B, 2]. Every
+    convolution or pooling with a kernel larger than 1 gets its input multiplied by the
+    valid mask (torchvision's smaller tensor is zero-padded there); ``AdaptiveAvgPool2d(1)``
+    becomes a masked mean. The hooks are no-ops when ``valid`` is None.
+    """
+
+    def __init__(self, canvas: tuple[int, int]):
+        self.canvas = canvas
+        self.valid: Tensor | None = None
+
+    def mask(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        vh = self.valid[:, 0:1] * (h / self.canvas[0])  # [B, 1]; exact: h = H / 2**k
+        vw = self.valid[:, 1:2] * (w / self.canvas[1])
+        rows = torch.arange(h, dtype=x.dtype).unsqueeze(0) < vh  # [B, h]
+        cols = torch.arange(w, dtype=x.dtype).unsqueeze(0) < vw  # [B, w]
+        return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1).to(x.dtype)  # [B, 1, h, w]
+
+    def _pre_hook(self, module, args):
+        if self.valid is None:
+            return None
+        x = args[0]
+        return (x * self.mask(x),) + tuple(args[1:])
+
+    def install(self, root: nn.Module) -> None:
+        """Hook every spatial op under ``root``; raise on ops that cannot be emulated."""
+        for name, mod in list(root.named_modules()):
+            if isinstance(mod, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                k = mod.kernel_size if isinstance(mod.kernel_size, tuple) else (mod.kernel_size,) * 2
+                if max(k) > 1:
+                    mod.register_forward_pre_hook(self._pre_hook)
+            elif isinstance(mod, nn.AdaptiveAvgPool2d):
+                size = mod.output_size if isinstance(mod.output_size, tuple) else (mod.output_size,) * 2
+                if tuple(size) != (1, 1):
+                    raise ValueError(f"cannot emulate torchvision padding for {name} ({mod}); "
+                                     "export with emulate_padding=False")
+                parent, _, attr = name.rpartition(".")
+                setattr(root.get_submodule(parent) if parent else root, attr, _MaskedGlobalMean(self))
+            elif isinstance(mod, (nn.ConvTranspose2d, nn.AdaptiveMaxPool2d)):
+                raise ValueError(f"cannot emulate torchvision padding for {name} ({type(mod).__name__}); "
+                                 "export with emulate_padding=False")
+
+
+def _replicate_border(f: Tensor, valid_h: Tensor, valid_w: Tensor) -> Tensor:
+    """Copy row ``valid_h-1`` into row ``valid_h`` (and the same for columns), per image.
+
+    torchvision's roi_align clamps samples in the last pixel to that pixel of its smaller
+    feature map; on the canvas the bilinear neighbour would be the next row/column.
+    """
+    h, w = f.shape[-2], f.shape[-1]
+    prev_row = torch.cat([f[:, :, :1], f[:, :, :-1]], dim=2)
+    at_row = (torch.arange(h, dtype=f.dtype).unsqueeze(0) == valid_h.unsqueeze(1))  # [B, h]
+    f = torch.where(at_row[:, None, :, None], prev_row, f)
+    prev_col = torch.cat([f[..., :1], f[..., :-1]], dim=3)
+    at_col = (torch.arange(w, dtype=f.dtype).unsqueeze(0) == valid_w.unsqueeze(1))  # [B, w]
+    return torch.where(at_col[:, None, None, :], prev_col, f)
+
+
+# --------------------------------------------------------------------------------------------
 # The export-friendly detector
 # --------------------------------------------------------------------------------------------
 class ExportableFasterRCNN(nn.Module):
@@ -153,23 +240,41 @@ class ExportableFasterRCNN(nn.Module):
         score_threshold: final score threshold (default: ``model.roi_heads.score_thresh``).
         nms_iou: final per-class NMS IoU (default: ``model.roi_heads.nms_thresh``).
         raw: output the pre-NMS tensors (``RAW_OUTPUT_NAMES``) instead of detections, for parity checks.
+        emulate_padding: compute exactly what torchvision computes on each image padded to a
+            multiple of ``size_divisible`` (see :class:`PaddingEmulation`). With False, the
+            canvas padding is seen by the network as computed features (cheaper, not exact
+            near the padded border). The backbone and RPN head are copied, never hooked in
+            ``model`` itself.
     """
 
     def __init__(self, model: FasterRCNN, input_size: tuple[int, int], *, max_detections: int | None = None,
-                 score_threshold: float | None = None, nms_iou: float | None = None, raw: bool = False):
+                 score_threshold: float | None = None, nms_iou: float | None = None, raw: bool = False,
+                 emulate_padding: bool = True):
         super().__init__()
         if not isinstance(model, FasterRCNN):
             raise TypeError(f"model should be a torchvision FasterRCNN instead of {type(model).__name__}")
         model = model.eval()
         self.raw = raw
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.backbone = model.backbone
-        self.rpn_head = model.rpn.head
         self.box_head = model.roi_heads.box_head
         self.box_predictor = model.roi_heads.box_predictor
+        h, w = self.input_size
+        self.size_divisible = int(getattr(model.transform, "size_divisible", 32))
+        self.emulation: PaddingEmulation | None = None
+        if emulate_padding:
+            if h % self.size_divisible or w % self.size_divisible:
+                raise ValueError(f"input_size should be a multiple of size_divisible={self.size_divisible}, "
+                                 f"got {h}x{w}")
+            self.emulation = PaddingEmulation((h, w))
+            self.backbone = copy.deepcopy(model.backbone)
+            self.rpn_head = copy.deepcopy(model.rpn.head)
+            self.emulation.install(self.backbone)
+            self.emulation.install(self.rpn_head)
+        else:
+            self.backbone = model.backbone
+            self.rpn_head = model.rpn.head
 
         rpn, heads = model.rpn, model.roi_heads
-        h, w = self.input_size
         with torch.no_grad():
             feats = self.backbone(torch.zeros(1, 3, h, w))
             feature_list = list(feats.values())
@@ -177,6 +282,8 @@ class ExportableFasterRCNN(nn.Module):
         self.register_buffer("anchors", anchors.detach().clone(), persistent=False)
         a = self.rpn_head.cls_logits.out_channels
         self.anchors_per_level = [a * f.shape[-2] * f.shape[-1] for f in feature_list]
+        if self.emulation is not None:
+            self._anchor_tables(rpn.anchor_generator, feature_list, a)
         if sum(self.anchors_per_level) != anchors.shape[0]:
             raise ValueError(f"anchor count {anchors.shape[0]} does not match the RPN head's "
                              f"{sum(self.anchors_per_level)} predictions")
@@ -215,8 +322,55 @@ class ExportableFasterRCNN(nn.Module):
         if not 1 <= self.max_detections <= 3840:
             raise ValueError(f"max_detections should be in [1, 3840] (TensorRT TopK limit), got {self.max_detections}")
 
+    def _anchor_tables(self, generator, feature_list: list[Tensor], a: int) -> None:
+        """Grid sizes and strides torchvision uses for each padded size (Hp, Wp), per level.
+
+        For every level whose stride does not depend on the padded size (all levels with a
+        stride dividing ``size_divisible``) the baked canvas anchors are used as they are;
+        levels such as FPN's max-pooled 'pool' level, whose stride is Hp // ceil(Hp/64), get
+        their anchors from small constant stride tables.
+        """
+        h, w = self.input_size
+        d = self.size_divisible
+        heights = [self.backbone(torch.zeros(1, 3, hp, d)) for hp in range(d, h + 1, d)]
+        widths = [self.backbone(torch.zeros(1, 3, d, wp)) for wp in range(d, w + 1, d)]
+        self.levels_varying: list[bool] = []
+        for lvl, f in enumerate(feature_list):
+            gh = torch.tensor([list(o.values())[lvl].shape[-2] for o in heights])
+            gw = torch.tensor([list(o.values())[lvl].shape[-1] for o in widths])
+            sh = torch.arange(d, h + 1, d) // gh
+            sw = torch.arange(d, w + 1, d) // gw
+            big_h, big_w = f.shape[-2], f.shape[-1]
+            iy = torch.arange(big_h).repeat_interleave(big_w * a)
+            ix = torch.arange(big_w).repeat_interleave(a).repeat(big_h)
+            base = generator.cell_anchors[lvl].to(torch.float32).repeat(big_h * big_w, 1)
+            self.register_buffer(f"grid_h_{lvl}", gh.to(torch.float32), persistent=False)
+            self.register_buffer(f"grid_w_{lvl}", gw.to(torch.float32), persistent=False)
+            self.register_buffer(f"stride_h_{lvl}", sh.to(torch.float32), persistent=False)
+            self.register_buffer(f"stride_w_{lvl}", sw.to(torch.float32), persistent=False)
+            self.register_buffer(f"anchor_iy_{lvl}", iy.to(torch.float32), persistent=False)
+            self.register_buffer(f"anchor_ix_{lvl}", ix.to(torch.float32), persistent=False)
+            self.register_buffer(f"anchor_base_{lvl}", base, persistent=False)
+            self.levels_varying.append(bool((sh != sh[-1]).any() or (sw != sw[-1]).any()))
+
+    def _level_anchors(self, lvl: int, offset: int, n: int, padded: Tensor):
+        """Anchors [B, n, 4] or [n, 4] of level ``lvl`` and their validity [B, n] (None without emulation)."""
+        if self.emulation is None:
+            return self.anchors[offset:offset + n], None
+        d = float(self.size_divisible)
+        hi = (padded[:, 0] / d - 1).to(torch.int64)
+        wi = (padded[:, 1] / d - 1).to(torch.int64)
+        iy, ix = getattr(self, f"anchor_iy_{lvl}"), getattr(self, f"anchor_ix_{lvl}")
+        valid = (iy.unsqueeze(0) < getattr(self, f"grid_h_{lvl}")[hi].unsqueeze(1)) & (
+            ix.unsqueeze(0) < getattr(self, f"grid_w_{lvl}")[wi].unsqueeze(1))
+        if not self.levels_varying[lvl]:
+            return self.anchors[offset:offset + n], valid
+        sx = ix.unsqueeze(0) * getattr(self, f"stride_w_{lvl}")[wi].unsqueeze(1)  # [B, n]
+        sy = iy.unsqueeze(0) * getattr(self, f"stride_h_{lvl}")[hi].unsqueeze(1)
+        return torch.stack((sx, sy, sx, sy), dim=-1) + getattr(self, f"anchor_base_{lvl}").unsqueeze(0), valid
+
     # ---- RPN ---------------------------------------------------------------------------------
-    def _rpn(self, features: list[Tensor], sizes: Tensor):
+    def _rpn(self, features: list[Tensor], sizes: Tensor, padded: Tensor | None):
         objectness, deltas = self.rpn_head(features)
         b = features[0].shape[0]
         obj_levels, delta_levels = [], []
@@ -232,19 +386,26 @@ class ExportableFasterRCNN(nn.Module):
             all_obj = all_props = None
 
         # per-level top-k on the logits, then decode only the selected anchors
-        top_obj, top_deltas, top_anchors = [], [], []
+        top_obj, top_deltas, top_anchors, top_valid = [], [], [], []
         offset = 0
-        for o, d, n, k in zip(obj_levels, delta_levels, self.anchors_per_level, self.rpn_pre_nms):
+        for lvl, (o, d, n, k) in enumerate(zip(obj_levels, delta_levels, self.anchors_per_level, self.rpn_pre_nms)):
+            anchors, anchor_valid = self._level_anchors(lvl, offset, n, padded)
+            if anchor_valid is not None:  # anchors torchvision does not have for this image never win
+                o = torch.where(anchor_valid, o, torch.full_like(o, -1e30))
             vals, idx = o.topk(k, dim=1)
             top_obj.append(vals)
             top_deltas.append(_gather_rows(d, idx))
-            top_anchors.append(self.anchors[offset:offset + n][idx])
+            top_anchors.append(anchors[idx] if anchors.dim() == 2 else _gather_rows(anchors, idx))
+            if anchor_valid is not None:
+                top_valid.append(torch.gather(anchor_valid, 1, idx))
             offset += n
         obj = torch.cat(top_obj, 1)
         boxes = decode_boxes(torch.cat(top_deltas, 1), torch.cat(top_anchors, 1), self.rpn_weights, self.rpn_clip)
         boxes = clip_to_sizes(boxes, sizes)
         prob = torch.sigmoid(obj)
         valid = big_enough(boxes, self.rpn_min_size) & (prob >= self.rpn_score_thresh)
+        if top_valid:
+            valid = valid & torch.cat(top_valid, 1)
         score = torch.where(valid, prob, torch.full_like(prob, _REMOVED))
         # NMS independently per level: levels on the NMS class axis
         per_level = torch.where(self.level_onehot.unsqueeze(0), score.unsqueeze(1), torch.full_like(score, _REMOVED)
@@ -256,8 +417,14 @@ class ExportableFasterRCNN(nn.Module):
         return proposals, top_score >= 0, all_obj, all_props
 
     # ---- RoI heads ---------------------------------------------------------------------------
-    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor) -> Tensor:
+    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None) -> Tensor:
         b, p = proposals.shape[0], proposals.shape[1]
+        if padded is not None:
+            h, w = self.input_size
+            feats = OrderedDict(
+                (name, _replicate_border(feats[name], padded[:, 0] * (feats[name].shape[-2] / h),
+                                         padded[:, 1] * (feats[name].shape[-1] / w)))
+                for name in self.pool_names)
         flat = proposals.reshape(b * p, 4)
         batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
         rois = torch.cat([batch_idx, flat], dim=1)
@@ -301,9 +468,18 @@ class ExportableFasterRCNN(nn.Module):
         return num, out_boxes, out_scores, out_labels
 
     def forward(self, images: Tensor, image_sizes: Tensor):
-        feats = self.backbone(images)
-        proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes)
-        pooled = self._roi_align(feats, proposals)
+        padded = None
+        if self.emulation is not None:
+            d = float(self.size_divisible)
+            padded = torch.clamp(torch.ceil(image_sizes / d), min=1.0) * d
+            self.emulation.valid = padded
+        try:
+            feats = self.backbone(images)
+            proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes, padded)
+        finally:
+            if self.emulation is not None:
+                self.emulation.valid = None
+        pooled = self._roi_align(feats, proposals, padded)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
         b, p = proposals.shape[0], proposals.shape[1]
         if self.raw:

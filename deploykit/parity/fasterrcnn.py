@@ -41,3 +41,19 @@ def reference_raw(model, images: list[torch.Tensor]) -> dict[str, list[np.ndarra
         "box_regression": [x.numpy() for x in regression.split(counts)],
         "detections": detections,
     }
+
+
+def reference_box_head(model, image: torch.Tensor, proposals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's own transform, backbone, MultiScaleRoIAlign, box head and predictor on given
+    ``proposals`` [P,4] (resized-image pixels) -> (class_logits [P,C], box_regression [P,4C]).
+
+    Lets the box head be compared on exactly the proposals the artifact produced, so a proposal
+    swapped at an NMS or top-k boundary does not hide or fake a numerical difference.
+    """
+    with torch.no_grad():
+        images, _ = model.transform([image])
+        features = model.backbone(images.tensors)
+        boxes = [torch.as_tensor(proposals, dtype=torch.float32)]
+        pooled = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
+        logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+    return logits.numpy(), regression.numpy()

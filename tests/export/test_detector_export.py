@@ -15,7 +15,7 @@ from deploykit.export import graph_violations
 from deploykit.export.detector import export_detector
 from deploykit.models import build
 from deploykit.models.detection_export import RAW_OUTPUT_NAMES, ExportableFasterRCNN
-from deploykit.parity.fasterrcnn import reference_raw
+from deploykit.parity.fasterrcnn import reference_box_head, reference_raw
 from deploykit.parity.metrics import box_iou
 
 
@@ -51,7 +51,13 @@ def rel_err(ref, got):
     return float(np.abs(ref - np.asarray(got, np.float64)).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def run_raw_parity(name, size, tmp_path, **build_kwargs):
+def run_raw_parity(name, size, tmp_path, width=None, **build_kwargs):
+    """Export in raw mode and compare with torchvision on a size × width noise image.
+
+    width < size exercises the padding emulation: torchvision pads the image to a multiple
+    of 32, the graph to the full canvas.
+    """
+    width = width or size
     torch.manual_seed(0)
     model = spread_heads(build(name, min_size=size, max_size=size, **build_kwargs), size=size)
     path = tmp_path / f"{name}_raw.onnx"
@@ -61,16 +67,18 @@ def run_raw_parity(name, size, tmp_path, **build_kwargs):
     ops = {n.op_type for n in onnx_model.graph.node}
     assert "NonMaxSuppression" in ops and "RoiAlign" in ops and "If" not in ops
 
-    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(2))
+    image = torch.rand(3, size, width, generator=torch.Generator().manual_seed(2))
     ref = reference_raw(model, [image])
-    feed = {"images": model.transform([image])[0].tensors.numpy(),
-            "image_sizes": np.array([[size, size]], np.float32)}
+    padded = model.transform([image])[0].tensors
+    canvas = torch.zeros(1, 3, size, size)
+    canvas[..., :padded.shape[-2], :padded.shape[-1]] = padded
+    feed = {"images": canvas.numpy(), "image_sizes": np.array([[size, width]], np.float32)}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = dict(zip(RAW_OUTPUT_NAMES, sess.run(RAW_OUTPUT_NAMES, feed)))
 
-    # every anchor's objectness and decoded proposal, pre-NMS
-    assert rel_err(ref["rpn_objectness"][0], got["rpn_objectness"][0]) <= 1e-4
-    assert rel_err(ref["rpn_proposals"][0], got["rpn_proposals"][0]) <= 1e-4
+    if width == size:  # every anchor's objectness and decoded proposal, pre-NMS
+        assert rel_err(ref["rpn_objectness"][0], got["rpn_objectness"][0]) <= 1e-4
+        assert rel_err(ref["rpn_proposals"][0], got["rpn_proposals"][0]) <= 1e-4
     # proposals after RPN NMS: the same set; box head outputs on each matched proposal
     n = int(got["proposal_valid"][0].sum())
     props, ref_props = got["proposals"][0][:n], ref["proposals"][0]
@@ -81,15 +89,28 @@ def run_raw_parity(name, size, tmp_path, **build_kwargs):
     # ONNX Runtime's convolutions differ from PyTorch's by ~1e-5: proposals at a per-level top-k
     # cut-off or an IoU ~ 0.7 NMS decision can swap (measured 94-100% identical sets).
     assert matched.mean() >= 0.9, f"only {matched.mean():.3f} of proposals matched"
-    for key in ("class_logits", "box_regression"):
-        ours = got[key][0][:n][matched]
-        theirs = ref[key][0][partner[matched]]
-        assert rel_err(theirs, ours) <= 1e-4, key
+    # box head on exactly our proposals, through torchvision's own RoI pooling and head
+    logits, regression = reference_box_head(model, image, props)
+    rows = np.ones(n, bool)
+    if width != size:
+        # Known limit of the padding emulation: torchvision's roi_align returns 0 for samples
+        # beyond its (smaller) feature map; a RoI thinner than one cell of the coarsest level
+        # that ends at the image border samples there. Those rows are excluded and counted.
+        coarsest = 32.0
+        rows = ~((props[:, 2] >= width - 1e-3) & (props[:, 2] - props[:, 0] < coarsest))
+        assert rows.mean() >= 0.9
+    assert rel_err(logits[rows], got["class_logits"][0][:n][rows]) <= 1e-4
+    assert rel_err(regression[rows], got["box_regression"][0][:n][rows]) <= 1e-4
     return path
 
 
 def test_mobilenet_320_raw_parity(tmp_path):
     run_raw_parity("fasterrcnn_mobilenet_v3_large_320_fpn", 320, tmp_path)
+
+
+def test_mobilenet_320_raw_parity_non_square_image(tmp_path):
+    """SE blocks take a global mean: only exact if the canvas padding is emulated."""
+    run_raw_parity("fasterrcnn_mobilenet_v3_large_320_fpn", 320, tmp_path, width=200)
 
 
 @pytest.mark.slow
