@@ -12,6 +12,7 @@ loaded when a session is created). See docs/runtime.md.
 """
 
 from .detector import Detections, Detector
+from .generator import Generator
 from .images import load_image
 from .session import Session, TensorSpec, load
 
