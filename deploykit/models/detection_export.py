@@ -276,7 +276,7 @@ class ExportableFasterRCNN(nn.Module):
 
         rpn, heads = model.rpn, model.roi_heads
         with torch.no_grad():
-            feats = self.backbone(torch.zeros(1, 3, h, w))
+            feats = self._features(torch.zeros(1, 3, h, w))
             feature_list = list(feats.values())
             anchors = rpn.anchor_generator(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), feature_list)[0]
         self.register_buffer("anchors", anchors.detach().clone(), persistent=False)
@@ -322,6 +322,11 @@ class ExportableFasterRCNN(nn.Module):
         if not 1 <= self.max_detections <= 3840:
             raise ValueError(f"max_detections should be in [1, 3840] (TensorRT TopK limit), got {self.max_detections}")
 
+    def _features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        """The backbone's feature maps; a single tensor becomes level '0' (as GeneralizedRCNN does)."""
+        feats = self.backbone(images)
+        return OrderedDict([("0", feats)]) if isinstance(feats, Tensor) else feats
+
     def _anchor_tables(self, generator, feature_list: list[Tensor], a: int) -> None:
         """Grid sizes and strides torchvision uses for each padded size (Hp, Wp), per level.
 
@@ -332,8 +337,8 @@ class ExportableFasterRCNN(nn.Module):
         """
         h, w = self.input_size
         d = self.size_divisible
-        heights = [self.backbone(torch.zeros(1, 3, hp, d)) for hp in range(d, h + 1, d)]
-        widths = [self.backbone(torch.zeros(1, 3, d, wp)) for wp in range(d, w + 1, d)]
+        heights = [self._features(torch.zeros(1, 3, hp, d)) for hp in range(d, h + 1, d)]
+        widths = [self._features(torch.zeros(1, 3, d, wp)) for wp in range(d, w + 1, d)]
         self.levels_varying: list[bool] = []
         for lvl, f in enumerate(feature_list):
             gh = torch.tensor([list(o.values())[lvl].shape[-2] for o in heights])
@@ -474,7 +479,7 @@ class ExportableFasterRCNN(nn.Module):
             padded = torch.clamp(torch.ceil(image_sizes / d), min=1.0) * d
             self.emulation.valid = padded
         try:
-            feats = self.backbone(images)
+            feats = self._features(images)
             proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes, padded)
         finally:
             if self.emulation is not None:

@@ -53,6 +53,8 @@ def reference_box_head(model, image: torch.Tensor, proposals: np.ndarray) -> tup
     with torch.no_grad():
         images, _ = model.transform([image])
         features = model.backbone(images.tensors)
+        if isinstance(features, torch.Tensor):  # as GeneralizedRCNN.forward does
+            features = {"0": features}
         boxes = [torch.as_tensor(proposals, dtype=torch.float32)]
         pooled = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
         logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))

@@ -51,7 +51,7 @@ def rel_err(ref, got):
     return float(np.abs(ref - np.asarray(got, np.float64)).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def run_raw_parity(name, size, tmp_path, width=None, **build_kwargs):
+def run_raw_parity(name, size, tmp_path, width=None, model=None, **build_kwargs):
     """Export in raw mode and compare with torchvision on a size × width noise image.
 
     width < size exercises the padding emulation: torchvision pads the image to a multiple
@@ -59,7 +59,9 @@ def run_raw_parity(name, size, tmp_path, width=None, **build_kwargs):
     """
     width = width or size
     torch.manual_seed(0)
-    model = spread_heads(build(name, min_size=size, max_size=size, **build_kwargs), size=size)
+    if model is None:
+        model = build(name, min_size=size, max_size=size, **build_kwargs)
+    model = spread_heads(model, size=size)
     path = tmp_path / f"{name}_raw.onnx"
     export_detector(model, path, input_size=(size, size), raw=True)
     onnx_model = onnx.load(str(path))
@@ -111,6 +113,27 @@ def test_mobilenet_320_raw_parity(tmp_path):
 def test_mobilenet_320_raw_parity_non_square_image(tmp_path):
     """SE blocks take a global mean: only exact if the canvas padding is emulated."""
     run_raw_parity("fasterrcnn_mobilenet_v3_large_320_fpn", 320, tmp_path, width=200)
+
+
+def test_user_built_single_map_fasterrcnn(tmp_path):
+    """Any torchvision FasterRCNN exports: a custom one-map backbone with custom anchors."""
+    from torch import nn
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU())
+    backbone.out_channels = 64
+    model = FasterRCNN(backbone, num_classes=4, min_size=256, max_size=256,
+                       rpn_anchor_generator=AnchorGenerator(((24, 48, 96),), ((0.5, 1.0, 2.0),)),
+                       box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2)).eval()
+    run_raw_parity("custom", 256, tmp_path, model=model)
+    run_raw_parity("custom", 256, tmp_path, width=160, model=model)
 
 
 @pytest.mark.slow
