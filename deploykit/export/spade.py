@@ -101,7 +101,7 @@ def onehot_conv_tables(weight: torch.Tensor, cfg: SpadeConfig) -> tuple[torch.Te
 class OneHotConv(nn.Module):
     """``conv3x3(onehot(index map)) + bias`` as one Gather over the 9 taps and a sum.
 
-    Input: the tap indices [9, B, h, w] int64 of :func:`tap_indices` (tap ``t``'s
+    Input: the tap indices [9, B, h, w] int32 of :meth:`SpadeExport.taps_at` (tap ``t``'s
     rows are offset by ``t · rows``). Output [B, C, h, w] float32. The bias is
     stored in tap 0's rows: every pixel reads exactly one of them.
     """
@@ -222,9 +222,11 @@ class SpadeExport(nn.Module):
     # -- input encoding -------------------------------------------------------
 
     def encode(self, label_map: torch.Tensor, instance_map: torch.Tensor | None) -> torch.Tensor:
-        """Raw maps → row index ``label + n · edge`` [B, H, W] int64 (see :func:`onehot_conv_tables`)."""
+        """Raw maps → row index ``label + n · edge`` [B, H, W] int32 (see :func:`onehot_conv_tables`).
+
+        Index arithmetic is int32 throughout: TensorRT gathers with int32 indices."""
         cfg = self.cfg
-        raw = label_map.to(torch.int64)
+        raw = label_map.to(torch.int32)
         lo, hi = cfg.label_range
         valid = (raw >= lo) & (raw <= hi)
         if cfg.contain_dontcare_label:
@@ -242,10 +244,10 @@ class SpadeExport(nn.Module):
 
     @staticmethod
     def edges(instance_map: torch.Tensor) -> torch.Tensor:
-        """[B, H, W] ids → [B, H, W] int64, 1 where a 4-neighbour has another id."""
+        """[B, H, W] ids → [B, H, W] int32, 1 where a 4-neighbour has another id."""
         t = instance_map
-        dx = (t[:, :, 1:] != t[:, :, :-1]).to(torch.int64)
-        dy = (t[:, 1:, :] != t[:, :-1, :]).to(torch.int64)
+        dx = (t[:, :, 1:] != t[:, :, :-1]).to(torch.int32)
+        dy = (t[:, 1:, :] != t[:, :-1, :]).to(torch.int32)
         ex = torch.maximum(F.pad(dx, (1, 0)), F.pad(dx, (0, 1)))
         ey = torch.maximum(F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1)))
         return torch.maximum(ex, ey)
