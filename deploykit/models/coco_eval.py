@@ -28,7 +28,7 @@ def _load_samples(data) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
         out = []
         for p, a in zip(paths, anns):
             with Image.open(p) as im:
-                out.append((np.asarray(im.convert("RGB")), a))
+                out.append((np.array(im.convert("RGB")), a))
         return out
     return list(data)
 
