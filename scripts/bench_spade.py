@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": a.threads,
         "repeats": a.repeats,
         "torch": torch.__version__,
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "export_seconds": None if export_s is None else round(export_s, 1),
         "max_abs_diff_vs_eager": err,
         "eager_s": {"median": round(me, 3), "min": round(min(t_eager), 3), "all": [round(x, 3) for x in t_eager]},
