@@ -35,7 +35,6 @@ the one-hot encoding:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput, expected_got
-from ..models.spade import SPADE, SPADEGenerator, SPADEResnetBlock, SpadeConfig, build_spade, spade_config
+from ..models.spade import SPADE, SPADEGenerator, SPADEResnetBlock, SpadeConfig, build_spade
 
 OUTPUTS = ("float", "uint8")
 _TAPS = tuple((ky, kx) for ky in range(3) for kx in range(3))

@@ -134,7 +134,8 @@ def spade_config(config: str | SpadeConfig, **overrides: Any) -> SpadeConfig:
 
 def _validate(cfg: SpadeConfig) -> None:
     if cfg.num_upsampling_layers not in UPSAMPLING_LAYERS:
-        raise BadInput(expected_got("num_upsampling_layers", sorted(UPSAMPLING_LAYERS), repr(cfg.num_upsampling_layers)))
+        raise BadInput(expected_got("num_upsampling_layers", sorted(UPSAMPLING_LAYERS),
+                                    repr(cfg.num_upsampling_layers)))
     if cfg.norm not in NORMS:
         raise BadInput(expected_got("norm", list(NORMS), repr(cfg.norm)))
     if not (isinstance(cfg.label_nc, int) and cfg.label_nc >= 1):

@@ -60,7 +60,8 @@ def make_sample(index: int, *, size: int = 128, seed: int = 0, split: str = "tra
     shade = np.ones((h, w), np.float32)  # per-object multiplicative shading
 
     # background: sky over a wavy horizon, ground of one or two stuff classes
-    horizon = h * rng.uniform(0.25, 0.55) + h * 0.06 * np.sin(2 * np.pi * (xx[0] / w * rng.uniform(0.5, 2) + rng.uniform()))
+    horizon = h * rng.uniform(0.25, 0.55) + h * 0.06 * np.sin(
+        2 * np.pi * (xx[0] / w * rng.uniform(0.5, 2) + rng.uniform()))
     ground = yy >= horizon[None, :]
     g1, g2 = rng.choice([1, 2, 3, 4], size=2, replace=False)
     label[ground] = g1

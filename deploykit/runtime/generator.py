@@ -89,8 +89,9 @@ class Generator:
             raise BadInput(expected_got(f"{what} dtype", "an integer type (uint8, int32, ...)", str(a.dtype)))
         if a.shape != self.size:
             if not resize:
-                raise BadInput(expected_got(f"{what} size (H, W)", self.size,
-                                            f"{tuple(a.shape)} (resize it, or pass resize=True / --resize for nearest)"))
+                raise BadInput(expected_got(
+                    f"{what} size (H, W)", self.size,
+                    f"{tuple(a.shape)} (resize it, or pass resize=True / --resize for nearest)"))
             a = resize_nearest(a, self.size)
         return a
 

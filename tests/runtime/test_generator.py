@@ -161,3 +161,39 @@ def test_not_a_generator_manifest(small_model, tmp_path):
 def test_runtime_generator_imports_no_torch():
     code = "import sys, deploykit.runtime.generator; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vae_generator_with_ade20k_labels(tmp_path):
+    """ADE20K conventions (raw 0 = dontcare, k = class k-1, no instances) and a VAE's z input,
+    through export, ONNX Runtime and Generator."""
+    torch = pytest.importorskip("torch")
+    from deploykit.export.spade import export_spade
+    from deploykit.models.spade import build_spade, calibrate_random_weights, preprocess_upstream
+
+    over = {"ngf": 4, "spade_hidden": 8, "crop_size": 64, "use_vae": True, "z_dim": 16}
+    torch.manual_seed(0)
+    g = build_spade("ade20k", **over)
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.repeat(rng.integers(0, 151, size=(8, 8)), 8, 0), 8, 1).astype(np.uint8)
+    lab[0, :] = 0
+    z = rng.standard_normal(16).astype(np.float32)
+    seg = preprocess_upstream(lab, None, g.cfg)
+    calibrate_random_weights(g, seg, torch.from_numpy(z)[None])
+    path = tmp_path / "ade_vae.onnx"
+    manifest = export_spade("spade_ade20k", path, overrides=over, module=g)
+    assert [i["name"] for i in manifest["inputs"]] == ["label_map", "z"]
+    assert manifest["preprocessing"]["dontcare_values"] == [0, 255]
+    gen = Generator(path)
+    img = gen.generate(lab, z=z)
+    with torch.no_grad():
+        want = to_uint8_image(g(seg, torch.from_numpy(z)[None])[0].numpy())
+    assert np.abs(img.astype(int) - want.astype(int)).max() <= 1
+    assert np.array_equal(gen.generate(lab, seed=3), gen.generate(lab, seed=3))
+    with pytest.raises(BadInput, match="no instance"):
+        gen.generate(lab, np.zeros_like(lab, np.int32), z=z)
+    with pytest.raises(BadInput, match="z shape"):
+        gen.generate(lab, z=np.zeros(3, np.float32))
+    with pytest.raises(BadInput, match="151 at"):
+        bad = lab.copy()
+        bad[5, 5] = 151
+        gen.generate(bad, z=z)
