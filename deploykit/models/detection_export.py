@@ -212,6 +212,33 @@ class PaddingEmulation:
                                  "export with emulate_padding=False")
 
 
+def _mosaic(maps: list[Tensor]) -> tuple[Tensor, list[tuple[float, float]]]:
+    """Lay level maps [B, C, h_l, w_l] out in one tensor: level 0 on the left, the others stacked
+    in a column to its right (or in a row if the column would be taller). Every map gets one
+    replicated row and column first. Returns the mosaic and each level's (x, y) offset."""
+    padded = [torch.nn.functional.pad(f, (0, 1, 0, 1), mode="replicate") for f in maps]
+    first, rest = padded[0], padded[1:]
+    height = first.shape[-2]
+    col_w = max(f.shape[-1] for f in rest)
+    if sum(f.shape[-2] for f in rest) <= height:
+        offsets, y = [(0.0, 0.0)], 0
+        tiles = []
+        for f in rest:
+            offsets.append((float(first.shape[-1]), float(y)))
+            tiles.append(torch.nn.functional.pad(f, (0, col_w - f.shape[-1], 0, 0)))
+            y += f.shape[-2]
+        if y < height:
+            tiles.append(first.new_zeros(first.shape[0], first.shape[1], height - y, col_w))
+        return torch.cat([first, torch.cat(tiles, dim=2)], dim=3), offsets
+    offsets, x = [], 0
+    tiles = []
+    for f in padded:
+        offsets.append((float(x), 0.0))
+        tiles.append(torch.nn.functional.pad(f, (0, 0, 0, height - f.shape[-2])))
+        x += f.shape[-1]
+    return torch.cat(tiles, dim=3), offsets
+
+
 def _replicate_border(f: Tensor, valid_h: Tensor, valid_w: Tensor) -> Tensor:
     """Copy row ``valid_h-1`` into row ``valid_h`` (and the same for columns), per image.
 
@@ -423,29 +450,36 @@ class ExportableFasterRCNN(nn.Module):
 
     # ---- RoI heads ---------------------------------------------------------------------------
     def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None) -> Tensor:
+        """MultiScaleRoIAlign as one ONNX RoiAlign over a mosaic of the FPN levels.
+
+        Each level map is edge-padded by one row/column (what torchvision's sampling reads
+        at a map's last pixel) and placed in one mosaic tensor; each RoI is mapped into its
+        level's tile (scale, then offset), so RoiAlign runs once per RoI instead of once per
+        RoI and level. Level choice is the FPN rule torchvision's LevelMapper uses.
+        """
         b, p = proposals.shape[0], proposals.shape[1]
+        maps = [feats[name] for name in self.pool_names]
         if padded is not None:
             h, w = self.input_size
-            feats = OrderedDict(
-                (name, _replicate_border(feats[name], padded[:, 0] * (feats[name].shape[-2] / h),
-                                         padded[:, 1] * (feats[name].shape[-1] / w)))
-                for name in self.pool_names)
+            maps = [_replicate_border(f, padded[:, 0] * (f.shape[-2] / h), padded[:, 1] * (f.shape[-1] / w))
+                    for f in maps]
         flat = proposals.reshape(b * p, 4)
         batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
-        rois = torch.cat([batch_idx, flat], dim=1)
-        pooled = [torchvision.ops.roi_align(feats[name], rois, self.pool_output, spatial_scale=scale,
-                                            sampling_ratio=self.pool_sampling, aligned=False)
-                  for name, scale in zip(self.pool_names, self.pool_scales)]
-        if len(pooled) == 1:
-            return pooled[0]
+        if len(maps) == 1 or self.pool_k_min == self.pool_k_max:  # one level receives every RoI
+            rois = torch.cat([batch_idx, flat], dim=1)
+            return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=self.pool_scales[0],
+                                             sampling_ratio=self.pool_sampling, aligned=False)
         area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
         s = torch.sqrt(area)
         lvl = torch.floor(self.canonical_level + torch.log2(s / self.canonical_scale) + 1e-6)
-        lvl = torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min
-        out = pooled[0]
-        for i in range(1, len(pooled)):
-            out = torch.where((lvl == i).reshape(-1, 1, 1, 1), pooled[i], out)
-        return out
+        lvl = (torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min).to(torch.int64)
+        mosaic, offsets = _mosaic(maps)
+        scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
+        off = torch.tensor(offsets, dtype=flat.dtype)[lvl]  # [R, 2] = (x, y)
+        shift = torch.cat([off, off], dim=1)
+        rois = torch.cat([batch_idx, flat * scale + shift], dim=1)
+        return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
+                                         sampling_ratio=self.pool_sampling, aligned=False)
 
     def _detections(self, class_logits: Tensor, box_regression: Tensor, proposals: Tensor,
                     proposal_valid: Tensor, sizes: Tensor):
