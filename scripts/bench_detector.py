@@ -88,16 +88,22 @@ def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, it
     det = Detector(path, threads=threads)
     reference_detections(model, image)
     det.predict(image)  # warm-up both
+    # Interleaved blocks (eager, ORT, eager, ORT): both sides see the same machine load, and
+    # ONNX Runtime's spinning worker threads never overlap a timed torch run.
     t_eager, t_ort = [], []
-    n_eager = n_ort = 0
-    for _ in range(iters):
-        t = time.perf_counter()
-        ref = reference_detections(model, image)
-        t_eager.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        got = det.predict(image)
-        t_ort.append(time.perf_counter() - t)
-        n_eager, n_ort = len(ref[1]), len(got)
+    ref = got = None
+    for _ in range(2):
+        for _ in range(iters):
+            t = time.perf_counter()
+            ref = reference_detections(model, image)
+            t_eager.append(time.perf_counter() - t)
+        time.sleep(0.2)
+        for _ in range(iters):
+            t = time.perf_counter()
+            got = det.predict(image)
+            t_ort.append(time.perf_counter() - t)
+        time.sleep(0.2)
+    n_eager, n_ort = len(ref[1]), len(got)
     me, mo = statistics.median(t_eager), statistics.median(t_ort)
     # model-only feed for the profile
     from deploykit.runtime.preprocess import Preprocessing, preprocess_batch
@@ -116,7 +122,7 @@ def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, it
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=5, help="timed iterations per side (median reported)")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per side and block (2 blocks; median)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=",".join(n for n, _ in CASES), help="comma-separated subset")
     p.add_argument("--json", type=Path, default=None, help="write results here")
