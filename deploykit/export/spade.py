@@ -386,14 +386,16 @@ def export_spade(name: str, out_path: str | os.PathLike, *, checkpoint: str | No
         raise BadInput(expected_got("dynamic_batch", f">= batch ({batch})", dynamic_batch))
     overrides = dict(overrides or {})
     if module is None:
-        torch.manual_seed(0)  # random weights for checkpoint-less full-size configs are reproducible
-        module = build_spade(name, checkpoint, **overrides)
+        with torch.random.fork_rng():  # random weights (no checkpoint) are reproducible; caller's RNG untouched
+            torch.manual_seed(0)
+            module = build_spade(name, checkpoint, **overrides)
         if checkpoint is None and name in ("demo", "spade_demo") and not overrides:
             from ..models.spade import default_demo_checkpoint
 
             checkpoint = default_demo_checkpoint()
     cfg = module.cfg
-    wrapper = for_export(SpadeExport(module.eval(), output=output).eval())
+    with torch.random.fork_rng():  # building the folded convs draws (discarded) initial weights
+        wrapper = for_export(SpadeExport(module.eval(), output=output).eval())
     names = input_names(cfg)
     # a dynamic axis must not be traced at size 1 (torch.export specialises 0/1 sizes)
     traced_batch = batch if dynamic_batch is None else max(batch, 2)
