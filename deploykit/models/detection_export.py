@@ -244,14 +244,15 @@ def _replicate_border(f: Tensor, valid_h: Tensor, valid_w: Tensor) -> Tensor:
 
     torchvision's roi_align clamps samples in the last pixel to that pixel of its smaller
     feature map; on the canvas the bilinear neighbour would be the next row/column.
+    The copied row/column is gathered (small) and written with one ``where`` pass.
     """
-    h, w = f.shape[-2], f.shape[-1]
-    prev_row = torch.cat([f[:, :, :1], f[:, :, :-1]], dim=2)
-    at_row = (torch.arange(h, dtype=f.dtype).unsqueeze(0) == valid_h.unsqueeze(1))  # [B, h]
-    f = torch.where(at_row[:, None, :, None], prev_row, f)
-    prev_col = torch.cat([f[..., :1], f[..., :-1]], dim=3)
-    at_col = (torch.arange(w, dtype=f.dtype).unsqueeze(0) == valid_w.unsqueeze(1))  # [B, w]
-    return torch.where(at_col[:, None, None, :], prev_col, f)
+    b, c, h, w = f.shape
+    iy = torch.clamp(valid_h - 1, min=0).to(torch.int64).reshape(b, 1, 1, 1).expand(b, c, 1, w)
+    at_row = torch.arange(h, dtype=f.dtype).unsqueeze(0) == valid_h.unsqueeze(1)  # [B, h]
+    f = torch.where(at_row[:, None, :, None], torch.gather(f, 2, iy), f)
+    ix = torch.clamp(valid_w - 1, min=0).to(torch.int64).reshape(b, 1, 1, 1).expand(b, c, h, 1)
+    at_col = torch.arange(w, dtype=f.dtype).unsqueeze(0) == valid_w.unsqueeze(1)  # [B, w]
+    return torch.where(at_col[:, None, None, :], torch.gather(f, 3, ix), f)
 
 
 # --------------------------------------------------------------------------------------------

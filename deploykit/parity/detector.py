@@ -33,7 +33,7 @@ class DetectorParity:
 
 def reference_detections(model, image: np.ndarray):
     """torchvision's own forward on one H×W×3 uint8 RGB image -> (boxes, scores, labels) numpy."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
     with torch.no_grad():
         out = model([tensor])[0]
     return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
