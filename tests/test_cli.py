@@ -127,3 +127,28 @@ def test_infer_corrupt_onnx_and_manifest(runner, exported, tmp_path):
 def test_models_lists_registry(runner):
     out = runner.invoke(main, ["models"]).output
     assert "fasterrcnn_demo" in out and "fasterrcnn_vgg16" in out and "spade_coco" in out
+
+
+def test_spade_export_and_infer_via_cli(runner, tmp_path):
+    from deploykit.models.spade_demo_data import make_sample
+
+    out = tmp_path / "g.onnx"
+    r = runner.invoke(main, ["export", "spade_demo", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["kind"] == "generator"
+    sample = make_sample(0, size=128, split="heldout")
+    Image.fromarray(sample.label).save(tmp_path / "labels.png")
+    Image.fromarray(sample.instance.astype(np.uint16)).save(tmp_path / "inst.png")
+    r = runner.invoke(main, ["infer", str(out), str(tmp_path / "labels.png"), "--instances",
+                             str(tmp_path / "inst.png"), "-o", str(tmp_path / "gen")])
+    assert r.exit_code == 0, r.output
+    picture = np.asarray(Image.open(tmp_path / "gen" / "labels.png"))
+    assert picture.shape == (128, 128, 3) and picture.std() > 5  # an image, not a flat fill
+    # a label outside the model's range names it and the allowed range
+    bad = sample.label.copy()
+    bad[3, 5] = 200
+    Image.fromarray(bad).save(tmp_path / "bad.png")
+    r = runner.invoke(main, ["infer", str(out), str(tmp_path / "bad.png"), "--instances",
+                             str(tmp_path / "inst.png"), "-o", str(tmp_path / "gen2")])
+    one_line_error(r, 2, "200")
