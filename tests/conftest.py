@@ -21,3 +21,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_trt)
         if "gpu" in item.keywords and not _has_gpu():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture()
+def run_in_threads():
+    """``run(worker, n)``: start ``worker(t)`` in n threads released together; re-raise any error."""
+    import threading
+
+    def run(worker, n: int) -> None:
+        start = threading.Barrier(n)
+        errors: list[BaseException] = []
+
+        def wrapped(t: int) -> None:
+            try:
+                start.wait()
+                worker(t)
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=wrapped, args=(t,)) for t in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+
+    return run

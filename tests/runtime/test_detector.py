@@ -12,7 +12,6 @@ then one padding row:
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -230,28 +229,17 @@ def test_detector_refuses_mismatched_artifacts(tmp_path: Path, setup, parts):
     assert "\n" not in str(info.value) and all(p in str(info.value) for p in parts), str(info.value)
 
 
-def test_detector_shared_by_8_threads(tmp_path: Path):
+def test_detector_shared_by_8_threads(tmp_path: Path, run_in_threads):
     detector = Detector(make_fake_detector(tmp_path / "det.onnx", batch_max=2), threads=1)
     images = [[image(20 + (7 * t + i) % 50, 30 + (3 * t + 5 * i) % 60, seed=100 * t + i) for i in range(25)]
               for t in range(8)]
     want = [[detector.predict(img) for img in row] for row in images]
     got: list = [None] * 8
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
 
     def worker(t: int) -> None:
-        try:
-            start.wait()
-            got[t] = [detector.predict(img) for img in images[t][:20]] + detector.predict(images[t][20:])
-        except BaseException as e:  # surfaced below
-            errors.append(e)
+        got[t] = [detector.predict(img) for img in images[t][:20]] + detector.predict(images[t][20:])
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    run_in_threads(worker, 8)
     for t in range(8):
         for g, w in zip(got[t], want[t], strict=True):
             np.testing.assert_array_equal(g.boxes, w.boxes)

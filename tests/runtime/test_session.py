@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -226,29 +225,18 @@ def test_manifest_not_json(tmp_path: Path):
 
 # -- threads -----------------------------------------------------------------
 
-def test_thread_safety_8x50(tmp_path: Path):
+def test_thread_safety_8x50(tmp_path: Path, run_in_threads):
     session = load(make_mlp_model(tmp_path / "mlp.onnx"), threads=1)
     rng = np.random.default_rng(7)
     feeds = [[rng.standard_normal((1 + (t + i) % 3, 64)).astype(np.float32) for i in range(50)] for t in range(8)]
     expected = [[session.run({"x": x})["y"] for x in per_thread] for per_thread in feeds]
     got: list[list[np.ndarray | None]] = [[None] * 50 for _ in range(8)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
 
     def worker(t: int) -> None:
-        try:
-            start.wait()
-            for i, x in enumerate(feeds[t]):
-                got[t][i] = session.run({"x": x})["y"]
-        except BaseException as e:  # surfaced below
-            errors.append(e)
+        for i, x in enumerate(feeds[t]):
+            got[t][i] = session.run({"x": x})["y"]
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    run_in_threads(worker, 8)
     for t in range(8):
         for i in range(50):
             np.testing.assert_array_equal(got[t][i], expected[t][i], err_msg=f"thread {t} request {i}")
