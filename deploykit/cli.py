@@ -238,5 +238,62 @@ def demo_cmd(output_dir, images, threads):
     sys.exit(0 if ok else 1)
 
 
+@main.command("bench")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--batch", "batch", default=None, metavar="1,2,4",
+              help="Comma-separated batch sizes, within the artifact's batch range. Default: its smallest batch.")
+@click.option("--warmup", default=1.0, show_default=True, type=float, help="Warm-up seconds per side and batch.")
+@click.option("--duration", default=None, type=float,
+              help="Timed seconds per side and batch (default 5; exclusive with --iterations).")
+@click.option("--iterations", default=None, type=int, help="Timed runs per side and batch instead of --duration.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (and torch threads).")
+@click.option("--torch", "torch_ref", is_flag=True,
+              help="Also time the PyTorch reference rebuilt from the manifest, interleaved; adds a speedup column.")
+@click.option("--end-to-end", is_flag=True, help="Also time the whole runtime pipeline (pre- and post-processing).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+@_fail_cleanly
+def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out):
+    """Latency (min/mean/median/p90/p95/p99 ms) and throughput (images/s) of ARTIFACT per batch size.
+
+    Model-only times Session.run on a preprocessed feed; --end-to-end adds the runtime's
+    whole pipeline; --torch adds eager PyTorch on the same inputs. Ctrl-C prints what was
+    measured so far and exits 130. See docs/bench.md.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .bench import TABLE_HEADER, parse_batches, run_bench, table_rows
+    from .fileio import write_json_atomic
+
+    result: dict = {}
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        tasks: dict = {}
+
+        def progress(label: str, done: float, total: float) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        run_bench(artifact, batches=parse_batches(batch), warmup=warmup, duration=duration, iterations=iterations,
+                  threads=threads, torch_ref=torch_ref, end_to_end=end_to_end, progress=progress, result=result)
+    table = Table(title=f"{result.get('artifact')} ({result.get('kind')}, {', '.join(result.get('providers', []))}"
+                        f", threads {result.get('threads') or 'default'})")
+    for i, name in enumerate(TABLE_HEADER):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in table_rows(result):
+        table.add_row(*row)
+    out = click.get_text_stream("stdout")
+    Console(file=out, width=None if out.isatty() else 150).print(table)
+    if json_out:
+        write_json_atomic(json_out, result)
+        click.echo(f"wrote {json_out}")
+    if result.get("interrupted"):
+        click.echo("interrupted: partial results above", err=True)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
     main()

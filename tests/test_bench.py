@@ -1,0 +1,128 @@
+"""deploykit bench: JSON structure, ordered statistics, batch range errors, --torch, --end-to-end, .plan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from deploykit.cli import main
+
+STATS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "throughput_ips")
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    from deploykit.export.detector import export_detector, model_info
+    from deploykit.models import build
+
+    out = tmp_path_factory.mktemp("bench") / "demo.onnx"
+    kwargs = {"min_size": 320, "max_size": 320}
+    net = build("fasterrcnn_demo", **kwargs)
+    export_detector(net, out, input_size=(320, 320), dynamic_batch=2,
+                    model_info=model_info("fasterrcnn_demo", None, kwargs))
+    return out
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+def _check_stats(s: dict, runs: int) -> None:
+    assert s["iterations"] == runs
+    assert all(s[k] > 0 for k in STATS), s
+    assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    assert s["min_ms"] <= s["mean_ms"]
+
+
+def test_json_structure_and_ordered_numbers(runner, detector, tmp_path):
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(detector), "--batch", "1,2", "--iterations", "3", "--warmup", "0",
+                             "--threads", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "median ms" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["kind"] == "detector" and data["batch_range"] == [1, 2] and data["interrupted"] is False
+    assert [row["batch"] for row in data["results"]] == [1, 2]
+    for row in data["results"]:
+        _check_stats(row["model"], 3)
+        assert "end_to_end" not in row and "torch" not in row and "speedup" not in row
+
+
+def test_end_to_end(runner, detector, tmp_path):
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(detector), "--iterations", "2", "--warmup", "0", "--end-to-end",
+                             "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["results"][0]
+    assert row["batch"] == 1
+    _check_stats(row["model"], 2)
+    _check_stats(row["end_to_end"], 2)
+
+
+def test_torch_adds_speedup(runner, detector, tmp_path):
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(detector), "--iterations", "2", "--warmup", "0", "--threads", "2",
+                             "--torch", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "speedup" in r.stdout
+    row = json.loads(out.read_text())["results"][0]
+    _check_stats(row["torch"], 2)
+    assert row["speedup"] > 0 and row["speedup_vs"] == "model"
+    assert row["speedup"] == pytest.approx(row["torch"]["median_ms"] / row["model"]["median_ms"])
+
+
+def _one_line_error(r, *words):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_batch_out_of_range(runner, detector, tmp_path):
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(detector), "--batch", "1,4", "--iterations", "1", "--json", str(out)])
+    _one_line_error(r, "--batch", "1..2", "4")
+    assert not out.exists()
+
+
+def test_bad_options(runner, detector):
+    _one_line_error(runner.invoke(main, ["bench", str(detector), "--batch", "x"]), "--batch")
+    _one_line_error(runner.invoke(main, ["bench", str(detector), "--duration", "1", "--iterations", "1"]),
+                    "--duration/--iterations")
+
+
+def test_plan_gives_tensorrt_error(runner, tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not an engine")
+    _one_line_error(runner.invoke(main, ["bench", str(plan)]), "TensorRT", "model.plan")
+
+
+def test_partial_results_on_interrupt(detector, monkeypatch):
+    import deploykit.bench as bench
+
+    calls = {"n": 0}
+    real = bench._timed_block
+
+    def interrupting(fn, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:  # warm-up and the first timed block of batch 1 ran
+            raise KeyboardInterrupt
+        return real(fn, **kw)
+
+    monkeypatch.setattr(bench, "_timed_block", interrupting)
+    result = bench.run_bench(detector, batches=[1, 2], iterations=2, warmup=0)
+    assert result["interrupted"] is True
+    assert [row["batch"] for row in result["results"]] == [1]
+    assert result["results"][0]["model"]["iterations"] == 2
+
+
+def test_bench_module_imports_without_torch():
+    code = "import sys, deploykit.bench, deploykit.cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
