@@ -295,5 +295,59 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
         sys.exit(130)
 
 
+@main.command("parity")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(), default=None,
+              help="Detector: directory of images (default: 20 held-out synthetic images).")
+@click.option("--label-maps", "label_maps_dir", type=click.Path(), default=None,
+              help="Generator: directory of label map PNGs (default: 8 held-out demo label maps).")
+@click.option("--instances", "instances_dir", type=click.Path(), default=None,
+              help="Generator: directory of instance PNGs, matched to label maps by file stem.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the full report as JSON (atomically).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime / torch threads (default: all cores).")
+@_fail_cleanly
+def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, threads):
+    """Compare ARTIFACT (.onnx with its manifest) with the PyTorch reference rebuilt from the manifest.
+
+    Prints per-output error statistics and the verdict (detectors: detections matched both
+    ways; generators: max |Δ| and PSNR). Exits 1 when parity fails, 2 on bad input.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .fileio import write_json_atomic
+    from .parity.run import run_parity
+
+    report = run_parity(artifact, images_dir=images_dir, label_maps_dir=label_maps_dir,
+                        instances_dir=instances_dir, threads=threads)
+    console = Console(width=max(Console().width, 100))
+    table = Table(title=f"{report['model']} ({report['kind']}) vs PyTorch on {report['inputs']}")
+    for col in ("output", "elements", "max abs", "mean abs", "p99 abs", "max rel"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, s in report["outputs"].items():
+        if s is None:
+            table.add_row(name, "0", "-", "-", "-", "-")
+        else:
+            table.add_row(name, str(s["elements"]), f"{s['max_abs']:.3g}", f"{s['mean_abs']:.3g}",
+                          f"{s['p99_abs']:.3g}", f"{s['max_rel']:.3g}")
+    console.print(table)
+    v = report["verdict"]
+    if report["kind"] == "detector":
+        bad = sum(1 for p in report["per_image"] if not p["ok"])
+        console.print(f"detections: {v['matched']} matched, {v['unmatched_reference']} reference and "
+                      f"{v['unmatched_artifact']} artifact detections without a partner; {bad} of {v['images']} "
+                      f"images fail; min IoU {v['min_iou']:.6f}, max |Δscore| {v['max_score_diff']:.2e}", markup=False)
+    else:
+        psnr = "inf (identical)" if v["min_psnr_db"] is None else f"{v['min_psnr_db']:.1f} dB"
+        console.print(f"images: {v['images']}, max |Δ| {v['max_abs']:.2e} (tolerance {v['tolerance']:.0e}), "
+                      f"min PSNR of uint8 images {psnr}; {len(v['images_failed'])} fail", markup=False)
+    console.print(f"parity: {'PASS' if report['ok'] else 'FAIL'}", markup=False)
+    if json_out:
+        write_json_atomic(json_out, report)
+        click.echo(f"wrote {json_out}")
+    sys.exit(0 if report["ok"] else 1)
+
+
 if __name__ == "__main__":
     main()
