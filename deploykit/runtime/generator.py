@@ -70,6 +70,15 @@ class Generator:
         self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
         self.output_kind = self.manifest.get("postprocessing", {}).get("output", "float")
 
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def allowed_labels(self) -> str:
         lo, hi = self.label_range
