@@ -349,5 +349,22 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
     sys.exit(0 if report["ok"] else 1)
 
 
+@main.command("report")
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: RUN_DIR/report.html).")
+@_fail_cleanly
+def report_cmd(run_dir, out_path):
+    """One self-contained HTML page for RUN_DIR (e.g. runs/demo): summary table, latency
+    distribution, error histograms and pictures, from summary.json, bench/parity JSON and PNGs.
+
+    No scripts or external links; images are embedded. See docs/report.md.
+    """
+    from .report import write_report
+
+    path = write_report(run_dir, out_path)
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -10,13 +10,16 @@ from typing import Callable
 from .fileio import write_json_atomic
 
 
-def _timeit(fn, repeat: int) -> float:
+def _timeit(fn, repeat: int, samples: list | None = None) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        best = min(best, dt)
+        if samples is not None:
+            samples.append(dt * 1e3)
     return best
 
 
@@ -70,18 +73,25 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
 
         echo("[4/5] speed (best of 5, batch 1, same process)")
         img = images[0]
-        t_ref = _timeit(lambda: reference_detections(net, img), 5)
-        t_ort = _timeit(lambda: det.predict(img), 5)
+        s_ref: list[float] = []
+        s_ort: list[float] = []
+        t_ref = _timeit(lambda: reference_detections(net, img), 5, s_ref)
+        t_ort = _timeit(lambda: det.predict(img), 5, s_ort)
     echo(f"      torchvision eager {t_ref * 1e3:.1f} ms, ONNX Runtime {t_ort * 1e3:.1f} ms "
          f"-> {t_ref / t_ort:.2f}x")
     summary = {"detector": {"model": name, "onnx": str(onnx_path), "parity": s, "per_image": report.per_image,
                             "latency_ms": {"torch_eager": t_ref * 1e3, "onnxruntime": t_ort * 1e3},
+                            "latency_samples_ms": {"torch_eager": s_ref, "onnxruntime": s_ort},
                             "speedup": t_ref / t_ort}}
     echo("[5/5] SPADE demo generator: export, parity against PyTorch, pictures")
     spade = _spade_demo(out, n_images=max(2, n_images // 5), threads=threads, echo=echo)
     summary["generator"] = spade
     write_json_atomic(out / "summary.json", summary)
     echo(f"summary: {out / 'summary.json'}")
+    from .report import write_report
+
+    report_path = write_report(out, out / "report.html", summary=summary)
+    echo(f"report: {report_path}")
     ok = report.ok and spade["ok"]
     echo(f"result: detector parity {'PASS' if report.ok else 'FAIL'}, generator parity "
          f"{'PASS' if spade['ok'] else 'FAIL'}")

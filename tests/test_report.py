@@ -1,0 +1,146 @@
+"""deploykit report: one self-contained HTML page from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from deploykit.cli import main
+from deploykit.report import write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.imgs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _png_bytes(color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), color, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    summary = {
+        "detector": {"model": "fasterrcnn_demo", "parity": {"images": 2, "matched": 7, "ok": True,
+                                                            "unmatched_reference": 0, "unmatched_artifact": 0,
+                                                            "min_iou": 0.9999876, "max_score_diff": 3.5e-6},
+                     "per_image": [{"index": 0, "size": [20, 30], "matched": 3, "ok": True, "min_iou": 0.9999876,
+                                    "max_score_diff": 3.5e-6},
+                                   {"index": 1, "size": [20, 30], "matched": 4, "ok": True, "min_iou": 1.0,
+                                    "max_score_diff": 0.0}],
+                     "latency_ms": {"torch_eager": 43.25, "onnxruntime": 28.5},
+                     "latency_samples_ms": {"torch_eager": [43.25, 44.0, 45.1], "onnxruntime": [28.5, 29.0, 30.2]},
+                     "speedup": 1.517},
+        "generator": {"model": "spade_demo", "max_abs_diff": 5.66e-7, "min_psnr_db": 95.0, "ok": True, "images": 4},
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    stats = {"iterations": 3, "min_ms": 11.0, "mean_ms": 12.0, "median_ms": 12.0, "p90_ms": 12.8,
+             "p95_ms": 12.9, "p99_ms": 13.0, "throughput_ips": 83.3}
+    bench = {"artifact": "m.onnx", "kind": "detector", "model": "fasterrcnn_demo", "backend": "onnxruntime",
+             "providers": ["CPUExecutionProvider"], "batch_range": [1, 4], "results": [
+                 {"batch": 1, "model": {**stats, "samples_ms": [11.0, 12.0, 13.0]},
+                  "torch": {**stats, "median_ms": 24.0}, "speedup": 2.345, "speedup_vs": "model"},
+                 {"batch": 2, "model": stats}]}
+    (d / "bench.json").write_text(json.dumps(bench))
+    (d / "manifest_like.json").write_text(json.dumps({"model": {"name": "x"}}))  # ignored
+    (d / "detections_0.png").write_bytes(_png_bytes())
+    return d
+
+
+def _parse(path: Path) -> tuple[str, _Collect]:
+    text = path.read_text(encoding="utf-8")
+    p = _Collect()
+    p.feed(text)
+    p.close()
+    return text, p
+
+
+def test_report_is_self_contained(run_dir, tmp_path):
+    out = write_report(run_dir, tmp_path / "r.html")
+    assert out == tmp_path / "r.html"
+    text, p = _parse(out)
+    assert "svg" in p.tags and "table" in p.tags
+    assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
+    # the PNG is embedded byte for byte
+    assert p.imgs and all(src.startswith("data:image/png;base64,") for src in p.imgs)
+    assert base64.b64decode(p.imgs[0].split(",", 1)[1]) == (run_dir / "detections_0.png").read_bytes()
+    body = "".join(p.text)
+    for value in ("fasterrcnn_demo", "spade_demo", "PASS", "1.52x", "2.35x", "0.999988", "3.50e-06",
+                  "43.2 ms", "batch 2", "n=3"):
+        assert value in body, value
+    assert not list(tmp_path.glob(".r.html.*"))  # no temporary file left behind
+
+
+def test_percentile_bars_without_samples_and_explicit_inputs(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    stats = {"iterations": 5, "min_ms": 1.0, "mean_ms": 2.0, "median_ms": 2.0, "p90_ms": 3.0, "p95_ms": 3.5,
+             "p99_ms": 4.0, "throughput_ips": 500.0}
+    bench = {"model": "spade_demo", "backend": "onnxruntime", "batch_range": [1, 1],
+             "results": [{"batch": 1, "model": stats}]}
+    parity = {"kind": "generator", "model": "spade_demo", "inputs": "8 label maps", "ok": False,
+              "outputs": {"image": {"elements": 10, "max_abs": 0.5, "mean_abs": 0.1, "p99_abs": 0.4, "max_rel": 2.0}},
+              "verdict": {"images": 2, "max_abs": 0.5, "min_psnr_db": 30.0},
+              "per_image": [{"image": "a", "max_abs": 0.5}, {"image": "b", "max_abs": 1e-5}]}
+    out = write_report(d, None, bench=bench, parity=parity)
+    assert out == d / "report.html"
+    text, p = _parse(out)
+    assert "bars show percentiles" in text and "p99 4.00" in text
+    assert "FAIL" in text and "8 label maps" in text and "No pictures found" in text
+
+
+def test_cli_report_writes_file(run_dir, tmp_path):
+    res = CliRunner().invoke(main, ["report", str(run_dir), "-o", str(tmp_path / "x.html")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "x.html").is_file() and "x.html" in res.output
+
+
+def test_cli_report_missing_run_dir_is_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0], res.stderr
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (headless render check)")
+def test_renders_in_headless_chromium(run_dir, tmp_path):
+    out = write_report(run_dir, tmp_path / "r.html")
+    shot = tmp_path / "shot.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+           f"--screenshot={shot}", "--window-size=1200,2000", out.resolve().as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=25, env={**os.environ, "HOME": str(tmp_path)})
+    assert shot.is_file() and shot.stat().st_size > 0
+    px = np.asarray(Image.open(shot).convert("L"))
+    assert px.shape[1] == 1200
+    assert px.std() > 5 and (px < 128).mean() > 0.001  # something dark (text, charts) on the page
