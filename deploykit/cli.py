@@ -366,5 +366,27 @@ def report_cmd(run_dir, out_path):
     click.echo(f"wrote {path}")
 
 
+@main.command("build")
+@click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Engine to write (MODEL.plan); its manifest goes beside it.")
+@click.option("--workspace-mb", default=1024, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="Timing cache file: read if it exists, written after the build (reuse it across builds).")
+@click.option("--verbose", is_flag=True, help="TensorRT's verbose log.")
+@_fail_cleanly
+def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose):
+    """Compile MODEL.onnx (exported by deploykit, with its manifest) into a TensorRT 11 engine.
+
+    Strongly typed: the precision is the ONNX graph's. The optimisation profile comes
+    from the manifest's batch range. Needs `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
+    """
+    from .build import build_engine
+
+    plan = build_engine(onnx_model, out, workspace_mb=workspace_mb, timing_cache=timing_cache, verbose=verbose,
+                        echo=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {plan}")
+
+
 if __name__ == "__main__":
     main()

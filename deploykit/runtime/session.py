@@ -265,10 +265,10 @@ def _load_onnxruntime(path: Path, manifest: dict[str, Any] | None, *, threads: i
 
 def _load_tensorrt(path: Path, manifest: dict[str, Any] | None, *, threads: int | None,
                    providers: Sequence[str] | None) -> Session:
-    raise BadInput(expected_got(
-        f"TensorRT engine {path}", "the TensorRT backend, which needs the `tensorrt` Python package "
-        "(pip install 'deploykit[tensorrt]') and an NVIDIA GPU",
-        "not available in this runtime; run the .onnx file with ONNX Runtime instead"))
+    """TensorRT backend (deploykit.runtime.tensorrt); one line naming what is missing without TensorRT/GPU."""
+    from .tensorrt import TensorRTSession
+
+    return TensorRTSession(path, manifest=manifest)
 
 
 #: Backends by artifact suffix. A backend is ``(path, manifest, *, threads, providers) -> Session``.

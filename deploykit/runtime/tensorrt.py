@@ -1,0 +1,332 @@
+"""TensorRT 11 backend for :class:`~deploykit.runtime.session.Session`, plus the pure logic around it.
+
+Thin by design: deserialize the engine, one execution context per thread, device
+buffers allocated once per input shape and reused, pinned host buffers,
+``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3`` on a CUDA
+stream. CUDA goes through cuda-python (``cuda.bindings.runtime``): no torch.
+
+Everything that needs no GPU is a plain function tested on the CPU:
+:func:`profile_shapes`, :func:`buffer_nbytes`, :func:`check_compatible`,
+:func:`numpy_dtype` (with the :data:`TRT_DTYPES` table) and :func:`missing_requirement`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import BadInput, expected_got
+from .session import Session, TensorSpec
+
+INSTALL_HINT = "pip install 'deploykit[tensorrt]'"
+
+#: TensorRT ``DataType`` member name -> numpy dtype. Types numpy has no
+#: equivalent for (BF16, FP8, INT4, FP4, E8M0) are refused at the I/O boundary.
+TRT_DTYPES: dict[str, np.dtype] = {
+    "FLOAT": np.dtype(np.float32),
+    "HALF": np.dtype(np.float16),
+    "INT8": np.dtype(np.int8),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+}
+
+
+def numpy_dtype(trt_dtype: Any, tensor: str = "tensor") -> np.dtype:
+    """numpy dtype for a TensorRT ``DataType`` (or its member name, e.g. ``"HALF"``)."""
+    name = trt_dtype if isinstance(trt_dtype, str) else getattr(trt_dtype, "name", str(trt_dtype))
+    name = name.rsplit(".", 1)[-1].upper()
+    if name not in TRT_DTYPES:
+        raise BadInput(expected_got(f"engine I/O {tensor!r} dtype", f"one of {sorted(TRT_DTYPES)}", name))
+    return TRT_DTYPES[name]
+
+
+def buffer_nbytes(shape: tuple[int, ...] | list[int], dtype: Any) -> int:
+    """Bytes for a tensor of a concrete ``shape`` and ``dtype`` (numpy dtype or TensorRT DataType)."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise BadInput(expected_got("buffer shape", "concrete non-negative dimensions", list(shape)))
+    item = (dtype if isinstance(dtype, np.dtype) else
+            np.dtype(dtype) if isinstance(dtype, type) else numpy_dtype(dtype)).itemsize
+    return int(np.prod(dims, dtype=np.int64)) * item if dims else item
+
+
+def profile_shapes(manifest: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """Optimisation-profile shapes ``{input name: (min, opt, max)}`` from a manifest.
+
+    The ``"batch"`` dimension takes the manifest's ``batch`` min/opt/max when the
+    batch is dynamic, and ``opt`` (or ``min``) for all three when it is not, so a
+    static export gives static shapes. Any other symbolic dimension has no range
+    to build for and is refused.
+    """
+    batch = manifest.get("batch") or {}
+    if not isinstance(batch, Mapping):
+        raise BadInput(expected_got("manifest batch", "an object {dynamic, min, opt, max}", type(batch).__name__))
+    dynamic = bool(batch.get("dynamic", False))
+    low = batch.get("min", 1)
+    opt = batch.get("opt", low)
+    high = batch.get("max", opt)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, opt, high)) or not 1 <= low <= opt <= high:
+        raise BadInput(expected_got("manifest batch range", "ints with 1 <= min <= opt <= max",
+                                    f"min={low!r} opt={opt!r} max={high!r}"))
+    if not dynamic:
+        low = high = opt
+    shapes = {}
+    for spec in manifest.get("inputs") or []:
+        name, shape = spec.get("name"), spec.get("shape")
+        if not isinstance(name, str) or not isinstance(shape, list):
+            raise BadInput(expected_got("manifest input", "{name, dtype, shape}", repr(spec)))
+        per = []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, int) and dim >= 0:
+                per.append((dim, dim, dim))
+            elif dim == "batch":
+                per.append((low, opt, high))
+            else:
+                raise BadInput(expected_got(f"manifest input {name!r} dim {axis}",
+                                            "an int or 'batch' (the only dimension with a range)", repr(dim)))
+        shapes[name] = tuple(tuple(p[i] for p in per) for i in range(3))
+    if not shapes:
+        raise BadInput(expected_got("manifest inputs", "at least one input", "none"))
+    return shapes
+
+
+def check_compatible(manifest: Mapping[str, Any] | None, trt_version: str, compute_capability: str,
+                     path: str | os.PathLike = "engine") -> None:
+    """Refuse an engine built by another TensorRT version or for another GPU (by the manifest).
+
+    A manifest without a ``tensorrt`` section is not checked here (TensorRT's own
+    deserialization then refuses an incompatible plan).
+    """
+    section = (manifest or {}).get("tensorrt")
+    if not isinstance(section, Mapping):
+        return
+    built = section.get("version")
+    if built is not None and str(built) != str(trt_version):
+        raise BadInput(expected_got(f"TensorRT engine {path}", f"built by the running TensorRT {trt_version}",
+                                    f"built by TensorRT {built}; rebuild it with `deploykit build`"))
+    cc = section.get("compute_capability")
+    if cc is not None and str(cc) != str(compute_capability):
+        raise BadInput(expected_got(
+            f"TensorRT engine {path}", f"built for this GPU (compute capability {compute_capability})",
+            f"built for compute capability {cc} ({section.get('gpu', 'unknown GPU')}); rebuild it on this GPU"))
+
+
+def missing_requirement() -> str | None:
+    """What is missing for TensorRT here (the `tensorrt` package, cuda-python, a GPU), or None."""
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError:
+        return "no `tensorrt` Python package"
+    try:
+        cudart = importlib.import_module("cuda.bindings.runtime")
+    except ImportError:
+        return "no cuda-python (`cuda.bindings`)"
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception as e:  # driver library missing
+        return f"no NVIDIA GPU (CUDA: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    if _err_code(err) != 0 or count < 1:
+        return "no NVIDIA GPU (CUDA reports no device)"
+    return None
+
+
+def require(thing: str) -> None:
+    """Raise one-line BadInput naming what is missing for TensorRT and how to install it."""
+    missing = missing_requirement()
+    if missing is not None:
+        raise BadInput(expected_got(thing, f"the `tensorrt` Python package, cuda-python and an NVIDIA GPU "
+                                           f"({INSTALL_HINT})", missing))
+
+
+# ---------------------------------------------------------------------------
+# CUDA helpers (cuda.bindings.runtime)
+
+def _err_code(err: Any) -> int:
+    return int(getattr(err, "value", err))
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns ``(err, *values)``; raise on error, return the value(s)."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    err, rest = result[0], result[1:]
+    if _err_code(err) != 0:
+        raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}")
+    return rest[0] if len(rest) == 1 else (rest or None)
+
+
+def gpu_info(device: int = 0) -> tuple[str, str]:
+    """``(GPU name, "major.minor" compute capability)`` of a CUDA device."""
+    from cuda.bindings import runtime as cudart
+
+    prop = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = prop.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+    return str(name), f"{prop.major}.{prop.minor}"
+
+
+class _Buffer:
+    """A device buffer and a pinned host buffer of the same size."""
+
+    def __init__(self, nbytes: int, stream: Any) -> None:
+        from cuda.bindings import runtime as cudart
+
+        self.nbytes = max(nbytes, 1)
+        self.device = int(_check(cudart.cudaMallocAsync(self.nbytes, stream), "cudaMallocAsync"))
+        self.host = int(_check(cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
+
+    def host_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        raw = (ctypes.c_byte * self.nbytes).from_address(self.host)
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def free(self, stream: Any) -> None:
+        from cuda.bindings import runtime as cudart
+
+        cudart.cudaFreeAsync(self.device, stream)
+        cudart.cudaFreeHost(self.host)
+
+
+class _Worker:
+    """One execution context, stream and buffer set: used by one thread at a time."""
+
+    def __init__(self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+        from cuda.bindings import runtime as cudart
+
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.inputs, self.outputs = inputs, outputs
+        self.buffers: dict[str, _Buffer] = {}
+        self.shapes: dict[str, tuple[int, ...]] | None = None  # input shapes the buffers are bound for
+        self._shapes_cache: dict[str, tuple[int, ...]] = {}  # all I/O shapes for self.shapes
+
+    def _bind(self, in_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Set input shapes; (re)allocate buffers only when a shape changed; return all shapes."""
+        for name, shape in in_shapes.items():
+            if not self.context.set_input_shape(name, shape):
+                raise BadInput(expected_got(f"input {name!r}", "a shape within the engine's optimisation profile",
+                                            list(shape)))
+        shapes = dict(in_shapes)
+        for spec in self.outputs:
+            shapes[spec.name] = tuple(self.context.get_tensor_shape(spec.name))
+        for spec in self.inputs + self.outputs:
+            need = buffer_nbytes(shapes[spec.name], spec.dtype)
+            buf = self.buffers.get(spec.name)
+            if buf is None or buf.nbytes < need:
+                if buf is not None:
+                    buf.free(self.stream)
+                buf = self.buffers[spec.name] = _Buffer(need, self.stream)
+            self.context.set_tensor_address(spec.name, buf.device)
+        self.shapes = in_shapes
+        return shapes
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cuda.bindings import runtime as cudart
+
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        in_shapes = {s.name: tuple(feed[s.name].shape) for s in self.inputs}
+        shapes = self._bind(in_shapes) if in_shapes != self.shapes else self._shapes_cache
+        self._shapes_cache = shapes
+        for spec in self.inputs:
+            buf, array = self.buffers[spec.name], feed[spec.name]
+            buf.host_array(array.shape, spec.dtype)[...] = array
+            _check(cudart.cudaMemcpyAsync(buf.device, buf.host, array.nbytes, h2d, self.stream), "cudaMemcpyAsync")
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        out = {}
+        for spec in self.outputs:
+            buf = self.buffers[spec.name]
+            nbytes = buffer_nbytes(shapes[spec.name], spec.dtype)
+            _check(cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, self.stream), "cudaMemcpyAsync")
+        _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        for spec in self.outputs:
+            out[spec.name] = self.buffers[spec.name].host_array(shapes[spec.name], spec.dtype).copy()
+        return out
+
+    def free(self) -> None:
+        from cuda.bindings import runtime as cudart
+
+        for buf in self.buffers.values():
+            buf.free(self.stream)
+        self.buffers.clear()
+        cudart.cudaStreamSynchronize(self.stream)
+        cudart.cudaStreamDestroy(self.stream)
+        self.context = None
+
+
+def _logger(trt: Any, verbose: bool = False) -> Any:
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+class TensorRTSession(Session):
+    """A :class:`Session` on a serialized TensorRT engine (``.plan``).
+
+    A TensorRT execution context is not thread-safe: each calling thread gets
+    its own context, CUDA stream and buffers (created on its first ``run``).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, manifest: dict[str, Any] | None = None,
+                 verbose: bool = False) -> None:
+        path = Path(path)
+        require(f"TensorRT engine {path}")
+        import tensorrt as trt
+
+        _, cc = gpu_info()
+        check_compatible(manifest, trt.__version__, cc, path)
+        self._trt_logger = _logger(trt, verbose)
+        self._runtime = trt.Runtime(self._trt_logger)
+        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise BadInput(expected_got(f"TensorRT engine {path}",
+                                        f"a plan serialized by TensorRT {trt.__version__} for this GPU",
+                                        "a file TensorRT cannot deserialize (corrupt, truncated, or built by another "
+                                        "TensorRT version or GPU)"))
+        symbolic = {s["name"]: s.get("shape") for s in (manifest or {}).get("inputs", []) +
+                    (manifest or {}).get("outputs", []) if isinstance(s, dict) and "name" in s}
+        inputs, outputs = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dims = tuple(engine.get_tensor_shape(name))
+            known = symbolic.get(name) or []
+            shape = tuple(d if d >= 0 else (known[a] if a < len(known) and isinstance(known[a], str) else "?")
+                          for a, d in enumerate(dims))
+            spec = TensorSpec(name, numpy_dtype(engine.get_tensor_dtype(name), name), shape)
+            (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+        super().__init__(path, inputs, outputs, manifest)
+        self._engine = engine
+        self._local = threading.local()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def _worker(self) -> _Worker:
+        worker = getattr(self._local, "worker", None)
+        if worker is None:
+            with self._lock:
+                if self._engine is None:
+                    raise BadInput(expected_got(f"session {self.path.name}", "an open session", "closed"))
+                worker = _Worker(self._engine, self.inputs, self.outputs)
+                self._workers.append(worker)
+            self._local.worker = worker
+        return worker
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._worker().run({k: np.ascontiguousarray(v) for k, v in feed.items()})
+
+    def close(self) -> None:
+        with self._lock:
+            super().close()
+            for worker in self._workers:
+                worker.free()
+            self._workers.clear()
+            self._engine = None

@@ -1,0 +1,433 @@
+"""TensorRT engine build and backend.
+
+On the CPU: the pure logic (profile shapes, buffer sizes, version/GPU checks, dtype
+table, plan manifest), the missing-TensorRT errors of `deploykit build` and
+`deploykit.runtime.load`, and the build flow against a stand-in `tensorrt` module
+that records the TensorRT 11 calls. With TensorRT and a GPU (markers `tensorrt`,
+`gpu`): build the demo detector export and compare the engine with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from deploykit.build import build_engine, plan_manifest
+from deploykit.cli import main
+from deploykit.errors import BadInput
+from deploykit.manifest import read_manifest, write_manifest
+from deploykit.runtime import load
+from deploykit.runtime.tensorrt import (INSTALL_HINT, TRT_DTYPES, buffer_nbytes, check_compatible,
+                                        missing_requirement, numpy_dtype, profile_shapes)
+
+
+def manifest_for(dynamic: bool = True, low: int = 1, opt: int = 2, high: int = 8) -> dict:
+    batch_dim = "batch" if dynamic else opt
+    return {
+        "format": "deploykit-manifest/1", "kind": "detector",
+        "artifact": {"file": "m.onnx", "format": "onnx", "sha256": "0" * 64},
+        "model": {"name": "toy"},
+        "inputs": [{"name": "images", "dtype": "float32", "shape": [batch_dim, 3, 64, 96]},
+                   {"name": "scale", "dtype": "float32", "shape": [2]}],
+        "outputs": [{"name": "boxes", "dtype": "float32", "shape": [batch_dim, 10, 4]}],
+        "batch": {"dynamic": dynamic, "min": low if dynamic else opt, "opt": opt, "max": high if dynamic else opt},
+    }
+
+
+def make_onnx(tmp_path: Path, name: str = "m") -> Path:
+    """y = x + 1, x float32 [batch, 4], with a deploykit manifest (batch 1..4)."""
+    path = tmp_path / f"{name}.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    write_manifest(path, {"kind": "test", "model": {"name": "add1"},
+                          "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
+                          "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}],
+                          "batch": {"dynamic": True, "min": 1, "opt": 2, "max": 4}})
+    return path
+
+
+def one_line(message: str, *parts: str) -> None:
+    assert "\n" not in message.strip(), message
+    for part in parts:
+        assert part in message, (part, message)
+
+
+# -- pure functions -----------------------------------------------------------
+
+def test_profile_shapes_dynamic_batch():
+    shapes = profile_shapes(manifest_for(dynamic=True, low=1, opt=2, high=8))
+    assert shapes == {"images": ((1, 3, 64, 96), (2, 3, 64, 96), (8, 3, 64, 96)),
+                      "scale": ((2,), (2,), (2,))}
+
+
+def test_profile_shapes_static_when_not_dynamic():
+    shapes = profile_shapes(manifest_for(dynamic=False, opt=4))
+    assert shapes["images"] == ((4, 3, 64, 96),) * 3
+    # a "batch" symbol in a non-dynamic manifest collapses to opt
+    m = manifest_for(dynamic=True)
+    m["batch"] = {"dynamic": False, "min": 1, "opt": 3, "max": 8}
+    assert profile_shapes(m)["images"] == ((3, 3, 64, 96),) * 3
+
+
+@pytest.mark.parametrize("batch", [{"dynamic": True, "min": 4, "opt": 2, "max": 8},
+                                   {"dynamic": True, "min": 0, "opt": 1, "max": 2},
+                                   {"dynamic": True, "min": 1, "opt": "2", "max": 8}])
+def test_profile_shapes_bad_range(batch):
+    m = manifest_for()
+    m["batch"] = batch
+    with pytest.raises(BadInput) as info:
+        profile_shapes(m)
+    one_line(str(info.value), "batch range", "min <= opt <= max")
+
+
+def test_profile_shapes_refuses_other_symbolic_dims():
+    m = manifest_for()
+    m["inputs"][0]["shape"] = ["batch", 3, "height", 96]
+    with pytest.raises(BadInput) as info:
+        profile_shapes(m)
+    one_line(str(info.value), "'images' dim 2", "'height'")
+
+
+def test_buffer_nbytes():
+    assert buffer_nbytes((2, 3, 4), np.float32) == 96
+    assert buffer_nbytes((2, 3, 4), np.dtype(np.float16)) == 48
+    assert buffer_nbytes((5,), types.SimpleNamespace(name="INT64")) == 40
+    assert buffer_nbytes((0, 4), np.float32) == 0
+    assert buffer_nbytes((), np.int32) == 4  # scalar
+    with pytest.raises(BadInput):
+        buffer_nbytes((-1, 4), np.float32)
+
+
+def test_dtype_table():
+    assert numpy_dtype("FLOAT") == np.float32
+    assert numpy_dtype("DataType.HALF") == np.float16
+    assert numpy_dtype(types.SimpleNamespace(name="INT64")) == np.int64
+    assert numpy_dtype(types.SimpleNamespace(name="BOOL")) == np.bool_
+    assert set(TRT_DTYPES) == {"FLOAT", "HALF", "INT8", "INT32", "INT64", "BOOL", "UINT8"}
+    with pytest.raises(BadInput) as info:
+        numpy_dtype(types.SimpleNamespace(name="BF16"), "logits")
+    one_line(str(info.value), "'logits'", "BF16")
+
+
+def test_compatibility_check():
+    m = {"tensorrt": {"version": "11.4.0", "compute_capability": "8.9", "gpu": "NVIDIA L4"}}
+    check_compatible(m, "11.4.0", "8.9")  # same: fine
+    check_compatible({}, "11.4.0", "8.9")  # no tensorrt section: TensorRT itself decides
+    check_compatible(None, "11.4.0", "8.9")
+    with pytest.raises(BadInput) as info:
+        check_compatible(m, "11.5.1", "8.9", "m.plan")
+    one_line(str(info.value), "m.plan", "TensorRT 11.5.1", "built by TensorRT 11.4.0")
+    with pytest.raises(BadInput) as info:
+        check_compatible(m, "11.4.0", "9.0", "m.plan")
+    one_line(str(info.value), "compute capability 9.0", "compute capability 8.9", "NVIDIA L4")
+
+
+def test_plan_manifest_copies_and_adds_tensorrt_section():
+    src = manifest_for()
+    out = plan_manifest(src, onnx_sha256="ab" * 32, trt_version="11.4.0", gpu="NVIDIA L4",
+                        compute_capability="8.9", workspace_mb=512)
+    assert out["artifact"] == {"format": "tensorrt-plan"}
+    assert out["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA L4", "compute_capability": "8.9",
+                               "source_onnx": "m.onnx", "source_onnx_sha256": "ab" * 32, "workspace_mb": 512}
+    assert out["inputs"] == src["inputs"] and out["batch"] == src["batch"]
+    assert src["artifact"]["format"] == "onnx" and "tensorrt" not in src  # source untouched
+
+
+# -- what is missing ------------------------------------------------------------
+
+def fake_cudart(count: int = 1) -> types.ModuleType:
+    cudart = types.ModuleType("cuda.bindings.runtime")
+    cudart.cudaGetDeviceCount = lambda: (0, count)
+    cudart.cudaGetDeviceProperties = lambda dev: (0, types.SimpleNamespace(name=b"Fake GPU\0\0", major=8, minor=9))
+    return cudart
+
+
+def install_cuda(monkeypatch, cudart) -> None:
+    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda.bindings, bindings.runtime = bindings, cudart
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+
+
+def test_missing_requirement_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert missing_requirement() == "no `tensorrt` Python package"
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    assert "cuda-python" in missing_requirement()
+    install_cuda(monkeypatch, fake_cudart(count=0))
+    assert "no NVIDIA GPU" in missing_requirement()
+    install_cuda(monkeypatch, fake_cudart(count=1))
+    assert missing_requirement() is None
+
+
+def test_cli_build_without_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    src = make_onnx(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["build", str(src), "-o", str(tmp_path / "m_trt.plan")])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    one_line(message, "error:", "tensorrt", "GPU", INSTALL_HINT)
+    assert "Traceback" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp files
+
+
+def test_cli_build_without_gpu(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    install_cuda(monkeypatch, fake_cudart(count=0))
+    src = make_onnx(tmp_path)
+    result = CliRunner().invoke(main, ["build", str(src), "-o", str(tmp_path / "m_trt.plan")])
+    assert result.exit_code == 2
+    one_line(result.output.strip(), "no NVIDIA GPU", INSTALL_HINT)
+    assert not (tmp_path / "m_trt.plan").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["missing.onnx", "-o", "m.plan"], ["missing.onnx", "no such file"]),
+    (["m.onnx", "-o", "m.txt"], [".plan or .engine"]),
+    (["m.onnx", "-o", "m.plan"], ["stem differs"]),
+    (["m.onnx", "-o", "other.plan", "--workspace-mb", "0"], ["--workspace-mb"]),
+])
+def test_cli_build_bad_usage(tmp_path, monkeypatch, args, words):
+    make_onnx(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["build", *args])
+    assert result.exit_code == 2, result.output
+    one_line(result.output.strip(), *words)
+
+
+def test_load_plan_without_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    path = tmp_path / "x.plan"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(BadInput) as info:
+        load(path)
+    one_line(str(info.value), "TensorRT engine", "x.plan", "tensorrt", INSTALL_HINT)
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+# -- the build flow against a stand-in TensorRT 11 module --------------------------
+
+class FakeTRT(types.ModuleType):
+    """Records the TensorRT 11 build calls deploykit makes (API names as documented)."""
+
+    def __init__(self, parse_ok: bool = True):
+        super().__init__("tensorrt")
+        self.__version__ = "11.4.0"
+        self.calls: list = []
+        rec, fake = self.calls, self
+
+        class Logger:
+            WARNING, VERBOSE = "WARNING", "VERBOSE"
+
+            def __init__(self, level):
+                rec.append(("Logger", level))
+
+        class Tensor:
+            def __init__(self, name, shape):
+                self.name, self.shape = name, shape
+
+        class Network:
+            num_inputs = 1
+
+            def get_input(self, i):
+                return Tensor("x", (-1, 4))
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                rec.append(("set_shape", name, lo, opt, hi))
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return b"CACHE:" + self.data
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                rec.append(("set_memory_pool_limit", pool, size))
+
+            def add_optimization_profile(self, p):
+                rec.append(("add_optimization_profile",))
+
+            def create_timing_cache(self, data):
+                rec.append(("create_timing_cache", bytes(data)))
+                self.cache = Cache(bytes(data))
+                return self.cache
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                rec.append(("set_timing_cache",))
+
+            def get_timing_cache(self):
+                return self.cache
+
+            def set_flag(self, flag):  # precision flags are gone in TensorRT 11
+                raise AssertionError("no builder flags in TensorRT 11")
+
+        class Builder:
+            def __init__(self, logger):
+                rec.append(("Builder",))
+
+            def create_network(self, *flags):
+                rec.append(("create_network", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                rec.append(("build_serialized_network",))
+                return b"PLAN"
+
+        class Error:
+            def __init__(self, text):
+                self.text = text
+
+            def __str__(self):
+                return self.text + "\nsecond line dropped"
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                self.num_errors = 0 if fake.parse_ok else 2
+
+            def parse(self, data, path):
+                rec.append(("parse", len(data)))
+                return fake.parse_ok
+
+            def get_error(self, i):
+                return Error(f"node {i}: unsupported op Foo")
+
+        self.parse_ok = parse_ok
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+
+def test_build_flow_with_stand_in_tensorrt(tmp_path, monkeypatch):
+    trt = FakeTRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cuda(monkeypatch, fake_cudart())
+    src = make_onnx(tmp_path)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    plan = build_engine(src, tmp_path / "m_trt.plan", workspace_mb=64, timing_cache=cache, echo=lambda m: None)
+    names = [c[0] for c in trt.calls]
+    assert ("create_network", ()) in trt.calls  # strongly typed by default: no flags
+    assert ("set_memory_pool_limit", "WORKSPACE", 64 << 20) in trt.calls
+    assert ("set_shape", "x", (1, 4), (2, 4), (4, 4)) in trt.calls
+    assert ("create_timing_cache", b"old") in trt.calls
+    assert names.index("parse") < names.index("set_shape") < names.index("build_serialized_network")
+    assert plan.read_bytes() == b"PLAN"
+    assert cache.read_bytes() == b"CACHE:old"  # saved for the next build
+    manifest = read_manifest(plan)  # sha256 matches the plan
+    assert manifest["artifact"]["format"] == "tensorrt-plan" and manifest["artifact"]["file"] == "m_trt.plan"
+    assert manifest["tensorrt"]["version"] == "11.4.0"
+    assert manifest["tensorrt"]["gpu"] == "Fake GPU" and manifest["tensorrt"]["compute_capability"] == "8.9"
+    assert manifest["tensorrt"]["source_onnx_sha256"] == json.loads((tmp_path / "m.json").read_text())[
+        "artifact"]["sha256"]
+
+
+def test_build_parser_errors_one_per_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT(parse_ok=False))
+    install_cuda(monkeypatch, fake_cudart())
+    src = make_onnx(tmp_path)
+    result = CliRunner().invoke(main, ["build", str(src), "-o", str(tmp_path / "m_trt.plan")])
+    assert result.exit_code == 2
+    lines = result.output.rstrip().splitlines()
+    assert lines[:2] == ["  parser: node 0: unsupported op Foo", "  parser: node 1: unsupported op Foo"]
+    assert len(lines) == 3 and lines[2].startswith("error:") and "2 parser error(s)" in lines[2]
+    assert not (tmp_path / "m_trt.plan").exists() and not (tmp_path / "m_trt.json").exists()
+
+
+# -- real TensorRT on a GPU --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_engine(tmp_path_factory):
+    """The demo detector exported with a dynamic batch, built into an engine (GPU machines only)."""
+    out = tmp_path_factory.mktemp("trt")
+    onnx_path = out / "det.onnx"
+    r = CliRunner().invoke(main, ["export", "fasterrcnn_demo", "-o", str(onnx_path), "--dynamic-batch", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    cache = out / "timing.cache"
+    r = CliRunner().invoke(main, ["build", str(onnx_path), "-o", str(out / "det.plan"), "--timing-cache", str(cache)])
+    assert r.exit_code == 0, r.output
+    return onnx_path, out / "det.plan", cache
+
+
+def demo_feed(session, batch: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in session.inputs:
+        shape = [batch if isinstance(d, str) else d for d in spec.shape]
+        feed[spec.name] = (rng.random(shape) if spec.dtype.kind == "f" else rng.integers(0, 2, shape)).astype(spec.dtype)
+    return feed
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engine_matches_onnxruntime(demo_engine):
+    onnx_path, plan, cache = demo_engine
+    manifest = read_manifest(plan)
+    assert manifest["tensorrt"]["source_onnx_sha256"] == read_manifest(onnx_path)["artifact"]["sha256"]
+    assert cache.stat().st_size > 0
+    ref, eng = load(onnx_path), load(plan)
+    assert [s.name for s in eng.inputs] == [s.name for s in ref.inputs]
+    for batch in (1, 2):
+        feed = demo_feed(ref, batch, seed=batch)
+        want, got = ref.run(feed), eng.run(feed)
+        for name, a in want.items():
+            assert got[name].shape == a.shape and got[name].dtype == a.dtype, name
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(got[name], a, atol=1e-2, rtol=1e-2, err_msg=name)
+    eng.close()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engine_refuses_other_tensorrt_version(demo_engine, tmp_path):
+    _, plan, _ = demo_engine
+    copy = tmp_path / "old.plan"
+    copy.write_bytes(plan.read_bytes())
+    manifest = read_manifest(plan)
+    manifest["tensorrt"]["version"] = "10.0.0"
+    write_manifest(copy, manifest)
+    with pytest.raises(BadInput) as info:
+        load(copy)
+    one_line(str(info.value), "built by TensorRT 10.0.0")
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engine_shared_by_threads(demo_engine, run_in_threads):
+    _, plan, _ = demo_engine
+    eng = load(plan)
+    feeds = [demo_feed(eng, 1, seed=100 + i) for i in range(8)]
+    expected = [eng.run(f) for f in feeds]
+    def worker(t):
+        for i in range(50):
+            k = (t + i) % len(feeds)
+            got = eng.run(feeds[k])
+            for name, a in expected[k].items():
+                np.testing.assert_array_equal(got[name], a)
+    run_in_threads(worker, 8)
+    eng.close()
