@@ -35,6 +35,7 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
     from .export.detector import export_detector, model_info
     from .parity.detector import detector_parity, held_out_images, reference_detections
     from .runtime import Detector
+    from .runtime.detector import Detections
     from .runtime.draw import draw_detections
 
     torch.set_num_threads(threads)
@@ -69,7 +70,10 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
         for i, img in enumerate(images[:4]):
             dets = det.predict(img)
             draw_detections(img, dets, min_score=0.3).save(out / f"detections_{i}.png")
+            ref = Detections(*reference_detections(net, img), class_names=list(dets.class_names))
+            draw_detections(img, ref, min_score=0.3).save(out / f"detections_{i}_torch.png")
         echo(f"      wrote {out}/detections_0..3.png")
+        echo(f"      wrote {out}/detections_0..3_torch.png (PyTorch reference, for the report)")
 
         echo("[4/5] speed (best of 5, batch 1, same process)")
         img = images[0]

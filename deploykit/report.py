@@ -20,7 +20,7 @@ from .errors import BadInput, expected_got
 from .fileio import atomic_path
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d"]
-MAX_PICTURES = 12
+MAX_PICTURES = 16
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1120px;
@@ -347,11 +347,33 @@ def _stats_tables(parities: list[dict]) -> str:
 CAPTIONS = {"spade_demo_panels.png": "SPADE demo: ground truth | PyTorch | ONNX Runtime (one row per label map)"}
 
 
+def _caption(name: str) -> str:
+    if name in CAPTIONS:
+        return CAPTIONS[name]
+    stem = name.removesuffix(".png")
+    if stem.startswith("detections_"):
+        rest = stem[len("detections_"):]
+        if rest.endswith("_torch"):
+            return f"PyTorch reference detections, image {rest[:-len('_torch')]}"
+        return f"ONNX Runtime detections, image {rest}"
+    return name
+
+
+def _picture_order(p: Path) -> tuple:
+    """Detections first, PyTorch reference next to the artifact's for the same image; panels last."""
+    stem = p.stem
+    if stem.startswith("detections_"):
+        rest = stem[len("detections_"):]
+        torch_side = rest.endswith("_torch")
+        idx = rest[:-len("_torch")] if torch_side else rest
+        return (0, int(idx) if idx.isdigit() else 0, idx, 0 if torch_side else 1)
+    return (2 if "panels" in stem else 1, 0, p.name, 0)
+
+
 def _picture(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     wide = "panels" in path.stem
-    cap = CAPTIONS.get(path.name, path.name.replace("detections_", "ONNX Runtime detections, image ")
-                       .removesuffix(".png") if path.name.startswith("detections_") else path.name)
+    cap = _caption(path.name)
     return (f'<figure class="{"wide" if wide else ""}"><img alt="{_e(path.name)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{_e(cap)}</figcaption></figure>')
 
@@ -398,7 +420,7 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
 
     body.append("<h2>Pictures</h2>")
     if pictures:
-        shown = sorted(pictures, key=lambda p: ("panels" in p.stem, p.name))[:MAX_PICTURES]
+        shown = sorted(pictures, key=_picture_order)[:MAX_PICTURES]
         body.append('<div class="pics">' + "".join(_picture(p) for p in shown) + "</div>")
         if len(pictures) > len(shown):
             body.append(f'<p class="note">{len(pictures) - len(shown)} more pictures not shown.</p>')

@@ -71,6 +71,7 @@ def run_dir(tmp_path):
     (d / "bench.json").write_text(json.dumps(bench))
     (d / "manifest_like.json").write_text(json.dumps({"model": {"name": "x"}}))  # ignored
     (d / "detections_0.png").write_bytes(_png_bytes())
+    (d / "detections_0_torch.png").write_bytes(_png_bytes((30, 30, 200)))
     return d
 
 
@@ -88,9 +89,11 @@ def test_report_is_self_contained(run_dir, tmp_path):
     text, p = _parse(out)
     assert "svg" in p.tags and "table" in p.tags
     assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
-    # the PNG is embedded byte for byte
     assert p.imgs and all(src.startswith("data:image/png;base64,") for src in p.imgs)
-    assert base64.b64decode(p.imgs[0].split(",", 1)[1]) == (run_dir / "detections_0.png").read_bytes()
+    # the PNGs are embedded byte for byte, PyTorch reference first, then the artifact's
+    got = [base64.b64decode(src.split(",", 1)[1]) for src in p.imgs]
+    assert got == [(run_dir / n).read_bytes() for n in ("detections_0_torch.png", "detections_0.png")]
+    assert "PyTorch reference detections, image 0" in text and "ONNX Runtime detections, image 0" in text
     body = "".join(p.text)
     for value in ("fasterrcnn_demo", "spade_demo", "PASS", "1.52x", "2.35x", "0.999988", "3.50e-06",
                   "43.2 ms", "batch 2", "n=3"):
