@@ -431,3 +431,164 @@ def test_engine_shared_by_threads(demo_engine, run_in_threads):
                 np.testing.assert_array_equal(got[name], a)
     run_in_threads(worker, 8)
     eng.close()
+
+
+# -- the runtime against stand-ins for tensorrt and cuda.bindings (host memory as "device") --
+
+class FakeCudart(types.ModuleType):
+    """cuda.bindings.runtime on host memory: enough to drive TensorRTSession on the CPU."""
+
+    def __init__(self):
+        super().__init__("cuda.bindings.runtime")
+        import ctypes
+
+        self.allocs: dict[int, object] = {}
+        self.mallocs = 0
+
+        def alloc(n, *stream):
+            buf = ctypes.create_string_buffer(n)
+            self.allocs[ctypes.addressof(buf)] = buf
+            self.mallocs += 1
+            return 0, ctypes.addressof(buf)
+
+        def memcpy(dst, src, n, kind, stream):
+            ctypes.memmove(dst, src, n)
+            return (0,)
+
+        self.cudaGetDeviceCount = lambda: (0, 1)
+        self.cudaGetDeviceProperties = lambda dev: (0, types.SimpleNamespace(name=b"Fake GPU\0", major=8, minor=9))
+        self.cudaStreamCreate = lambda: (0, 7)
+        self.cudaMallocAsync, self.cudaMallocHost = alloc, alloc
+        self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+        self.cudaMemcpyAsync = memcpy
+        ok = lambda *a: (0,)  # noqa: E731
+        self.cudaStreamSynchronize = self.cudaFreeAsync = self.cudaFreeHost = self.cudaStreamDestroy = ok
+
+
+def add_fake_runtime(trt: FakeTRT) -> FakeTRT:
+    """Engine y = x + 1 (x, y float32 [-1, 4]); records contexts and their threads."""
+    import ctypes
+    import threading
+
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.contexts = []
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addr, self.threads = None, {}, set()
+            trt.contexts.append(self)
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return shape[0] <= 4
+
+        def get_tensor_shape(self, name):
+            return self.shape
+
+        def set_tensor_address(self, name, addr):
+            self.addr[name] = addr
+
+        def execute_async_v3(self, stream):
+            self.threads.add(threading.get_ident())
+            n = int(np.prod(self.shape))
+            x = np.frombuffer((ctypes.c_float * n).from_address(self.addr["x"]), np.float32)
+            y = np.frombuffer((ctypes.c_float * n).from_address(self.addr["y"]), np.float32)
+            y[...] = x + 1
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ["x", "y"][i]
+
+        def get_tensor_shape(self, name):
+            return (-1, 4)
+
+        def get_tensor_dtype(self, name):
+            return types.SimpleNamespace(name="FLOAT")
+
+        def get_tensor_mode(self, name):
+            return "INPUT" if name == "x" else "OUTPUT"
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if bytes(data) == b"PLAN" else None
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.fixture()
+def fake_plan(tmp_path, monkeypatch):
+    trt = add_fake_runtime(FakeTRT())
+    cudart = FakeCudart()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cuda(monkeypatch, cudart)
+    plan = build_engine(make_onnx(tmp_path), tmp_path / "m_trt.plan", echo=lambda m: None)
+    return plan, trt, cudart
+
+
+def test_session_runs_and_reuses_buffers(fake_plan):
+    plan, trt, cudart = fake_plan
+    session = load(plan)
+    assert type(session).__name__ == "TensorRTSession"
+    assert [(s.name, str(s.dtype), s.shape) for s in session.inputs] == [("x", "float32", ("batch", 4))]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+    mallocs = cudart.mallocs
+    for _ in range(3):
+        np.testing.assert_array_equal(session.run({"x": x * 2})["y"], x * 2 + 1)
+    assert cudart.mallocs == mallocs  # same shape: buffers reused
+    small = np.ones((1, 4), np.float32)
+    np.testing.assert_array_equal(session.run({"x": small})["y"], small + 1)
+    assert cudart.mallocs == mallocs  # smaller shape fits the buffers already there
+    big = np.ones((4, 4), np.float32)
+    np.testing.assert_array_equal(session.run({"x": big})["y"], big + 1)
+    with pytest.raises(BadInput):  # batch beyond the manifest range: refused before the GPU
+        session.run({"x": np.ones((5, 4), np.float32)})
+    session.close()
+    with pytest.raises(BadInput):
+        session.run({"x": x})
+
+
+def test_session_one_context_per_thread(fake_plan, run_in_threads):
+    plan, trt, _ = fake_plan
+    session = load(plan)
+    feeds = [np.full((1 + i % 4, 4), i, np.float32) for i in range(8)]
+
+    def worker(t):
+        for i in range(20):
+            k = (t + i) % len(feeds)
+            np.testing.assert_array_equal(session.run({"x": feeds[k]})["y"], feeds[k] + 1)
+
+    run_in_threads(worker, 4)
+    assert len(trt.contexts) == 4 and all(len(c.threads) == 1 for c in trt.contexts)
+    session.close()
+
+
+def test_session_refuses_other_version_gpu_and_corrupt_plan(fake_plan):
+    plan, trt, _ = fake_plan
+    manifest = read_manifest(plan)
+    trt.__version__ = "11.5.0"
+    with pytest.raises(BadInput) as info:
+        load(plan)
+    one_line(str(info.value), "m_trt.plan", "TensorRT 11.5.0", "built by TensorRT 11.4.0")
+    trt.__version__ = "11.4.0"
+    manifest["tensorrt"]["compute_capability"] = "9.0"
+    write_manifest(plan, manifest)
+    with pytest.raises(BadInput) as info:
+        load(plan)
+    one_line(str(info.value), "compute capability 8.9", "built for compute capability 9.0")
+    plan.write_bytes(b"PLA")  # truncated
+    manifest["tensorrt"]["compute_capability"] = "8.9"
+    write_manifest(plan, manifest)
+    with pytest.raises(BadInput) as info:
+        load(plan)
+    one_line(str(info.value), "m_trt.plan", "cannot deserialize")
