@@ -151,7 +151,7 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
         manifest = export_spade(model, out, checkpoint=checkpoint, batch=batch, dynamic_batch=dynamic_batch,
                                 output=image_output, opset=opset, overrides=extra or None)
     else:
-        from .export.detector import export_detector, model_info
+        from .export.detector import detector_class_names, export_detector, model_info
 
         size = _parse_size(input_size) or e.default_size
         ckpt = models.resolve_checkpoint(model, checkpoint)
@@ -167,21 +167,6 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
     outs = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["outputs"])
     click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
     click.echo(f"  inputs:  {ins}\n  outputs: {outs}")
-
-
-def detector_class_names(name: str, net) -> list[str]:
-    """Class names for a registered detector: demo shapes, COCO for 91-class models, else generic."""
-    n = int(net.roi_heads.box_predictor.cls_score.out_features)
-    if name == "fasterrcnn_demo":
-        from .models.synthetic_shapes import CLASS_NAMES
-
-        if len(CLASS_NAMES) == n:
-            return list(CLASS_NAMES)
-    if n == 91:
-        from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
-
-        return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
-    return ["__background__"] + [f"class_{i}" for i in range(1, n)]
 
 
 @main.command("infer")

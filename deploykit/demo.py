@@ -32,7 +32,7 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
     import torch
 
     from . import models
-    from .export.detector import export_detector, model_info
+    from .export.detector import detector_class_names, export_detector, model_info
     from .parity.detector import detector_parity, held_out_images, reference_detections
     from .runtime import Detector
     from .runtime.detector import Detections
@@ -48,8 +48,6 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
     echo(f"[1/5] export {name} ({'bundled checkpoint' if ckpt else 'NO checkpoint: random weights'}) "
          f"at {size[0]}x{size[1]}")
     net = models.build(name, ckpt, **kwargs)
-    from .cli import detector_class_names
-
     onnx_path = out / f"{name}.onnx"
     t0 = time.perf_counter()
     export_detector(net, onnx_path, input_size=size, model_info=model_info(name, ckpt, kwargs),

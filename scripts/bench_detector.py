@@ -31,6 +31,7 @@ import torch
 from deploykit.export.detector import export_detector
 from deploykit.models import build, resolve_checkpoint
 from deploykit.parity.detector import held_out_images, reference_detections
+from deploykit.parity.fasterrcnn import calibrate_batchnorm
 from deploykit.runtime import Detector
 
 CASES = [
@@ -38,23 +39,6 @@ CASES = [
     ("fasterrcnn_mobilenet_v3_large_320_fpn", 320),
     ("fasterrcnn_demo", 320),
 ]
-
-
-def calibrate_random(model, size: int, seed: int = 0):
-    """Random weights with BatchNorm statistics measured on random images, so activations
-    (and hence scores, NMS load) look like a trained model's rather than vanishing."""
-    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if not bns:
-        return model
-    g = torch.Generator().manual_seed(seed)
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.backbone.train()
-    with torch.no_grad():
-        model.backbone(torch.randn(2, 3, size, size, generator=g))
-    model.backbone.eval()
-    return model
 
 
 def profile_ops(path: Path, feed: dict, threads: int, runs: int = 3) -> list[tuple[str, float]]:
@@ -84,7 +68,7 @@ def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, it
     ckpt = resolve_checkpoint(name, None)
     model = build(name, ckpt, **kwargs)
     if ckpt is None:
-        calibrate_random(model, size)
+        calibrate_batchnorm(model, size, torch.Generator().manual_seed(0))
     path = workdir / f"{name}_{thresh}.onnx"
     t0 = time.perf_counter()
     export_detector(model, path, input_size=(size, size))

@@ -135,3 +135,18 @@ def model_info(name: str, checkpoint: Path | None, overrides: dict[str, Any]) ->
         "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "overrides": overrides,
     }
+
+
+def detector_class_names(name: str, net) -> list[str]:
+    """Class names for a registered detector: demo shapes, COCO for 91-class models, else generic."""
+    n = int(net.roi_heads.box_predictor.cls_score.out_features)
+    if name == "fasterrcnn_demo":
+        from ..models.synthetic_shapes import CLASS_NAMES
+
+        if len(CLASS_NAMES) == n:
+            return list(CLASS_NAMES)
+    if n == 91:
+        from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+        return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    return ["__background__"] + [f"class_{i}" for i in range(1, n)]

@@ -59,3 +59,23 @@ def reference_box_head(model, image: torch.Tensor, proposals: np.ndarray) -> tup
         pooled = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
         logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
     return logits.numpy(), regression.numpy()
+
+
+def calibrate_batchnorm(model, size: int, generator: torch.Generator, passes: int = 1) -> None:
+    """Give a randomly initialised detector's backbone BatchNorm statistics measured on random
+    ``size``×``size`` images (still random weights).
+
+    With torchvision's random init the statistics (mean 0, var 1) let activations vanish
+    (feature std ~1e-8): every score ties and NMS order among exact ties is arbitrary.
+    """
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.backbone.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            model.backbone(torch.randn(2, 3, size, size, generator=generator))
+    model.backbone.eval()

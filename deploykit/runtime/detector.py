@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 from .preprocess import Preprocessing, preprocess_batch, to_rgb
-from .session import Session, load
+from .session import OwnsSession, Session, load
 
 INPUTS = ("images", "image_sizes")
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
@@ -86,7 +86,7 @@ def rescale_boxes(boxes: np.ndarray, resized: tuple[int, int], original: tuple[i
     return out
 
 
-class Detector:
+class Detector(OwnsSession):
     """An exported detector with its manifest: ``predict(image) -> Detections``.
 
     Args:
@@ -172,15 +172,6 @@ class Detector:
     def batch_size(self) -> int:
         """Largest batch one run takes."""
         return self.batch_range[1]
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> "Detector":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- pipeline ---------------------------------------------------------
     def _predict_batch(self, images: Sequence[np.ndarray], offset: int = 0) -> list[Detections]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInput, expected_got
-from .session import load
+from .session import OwnsSession, load
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return a[rows[:, None], cols[None, :]]
 
 
-class Generator:
+class Generator(OwnsSession):
     """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
 
     ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
@@ -69,15 +69,6 @@ class Generator:
         batch = self.manifest["batch"]
         self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
         self.output_kind = self.manifest.get("postprocessing", {}).get("output", "float")
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> "Generator":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def allowed_labels(self) -> str:

@@ -179,6 +179,21 @@ _ORT_DTYPES = {
 }
 
 
+class OwnsSession:
+    """``close()`` and the context-manager protocol for pipelines that own ``self.session``."""
+
+    session: Session
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _one_line(error: BaseException) -> str:
     """First non-empty line of an exception's message, without ONNX Runtime's prefix."""
     text = str(error).strip() or type(error).__name__

@@ -15,7 +15,7 @@ from deploykit.export import graph_violations
 from deploykit.export.detector import export_detector
 from deploykit.models import build
 from deploykit.models.detection_export import RAW_OUTPUT_NAMES, ExportableFasterRCNN
-from deploykit.parity.fasterrcnn import reference_box_head, reference_raw
+from deploykit.parity.fasterrcnn import calibrate_batchnorm, reference_box_head, reference_raw
 from deploykit.parity.metrics import box_iou
 
 
@@ -28,16 +28,7 @@ def spread_heads(model, seed=1, size=320):
     on random images (still random weights) and widen the box predictor's init.
     """
     g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if bns:
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average
-        model.backbone.train()
-        with torch.no_grad():
-            for _ in range(2):
-                model.backbone(torch.randn(2, 3, size, size, generator=g))
-        model.backbone.eval()
+    calibrate_batchnorm(model, size, g, passes=2)
     heads = [(model.roi_heads.box_predictor.cls_score, 0.05), (model.roi_heads.box_predictor.bbox_pred, 0.01)]
     with torch.no_grad():
         for mod, std in heads:
