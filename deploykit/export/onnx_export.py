@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -54,8 +55,31 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+SCOPE_KEY = "deploykit.module"
+
+
+def _module_scope(node: onnx.NodeProto) -> str | None:
+    """The innermost PyTorch module path the exporter recorded for ``node`` ('' = top level)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(scopes, (list, tuple)) and len(scopes) >= 2:
+                return str(scopes[-2])
+            return ""
+    return None
+
+
 def _make_deterministic(model: onnx.ModelProto) -> None:
-    """Remove fields that vary between runs (doc strings with stack traces, metadata)."""
+    """Remove fields that vary between runs (doc strings with stack traces, metadata).
+
+    One metadata entry per node is kept: ``deploykit.module``, the PyTorch
+    module path the node came from (e.g. ``backbone.body.layer2.0``). Precision
+    policies (:mod:`deploykit.calib.precision`) read it to decide which nodes
+    may run in FP16/INT8.
+    """
     model.doc_string = ""
     model.producer_name = "deploykit"
     from .. import __version__
@@ -67,7 +91,10 @@ def _make_deterministic(model: onnx.ModelProto) -> None:
         g.doc_string = "" if hasattr(g, "doc_string") else None
         for n in g.node:
             n.doc_string = ""
+            scope = _module_scope(n)
             del n.metadata_props[:]
+            if scope is not None:
+                n.metadata_props.add(key=SCOPE_KEY, value=scope)
         if hasattr(g, "metadata_props"):
             del g.metadata_props[:]
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):

@@ -1,0 +1,1 @@
+"""Calibration data, FP16/INT8 conversion and accuracy budgets."""
