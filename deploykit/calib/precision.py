@@ -103,12 +103,18 @@ def _detector_eligible(node: onnx.NodeProto, module: str) -> bool:
     return module.startswith(("backbone", "rpn_head", "box_head", "box_predictor"))
 
 
+GENERATOR_EXTRA_OPS = {"Gather", "ReduceSum"}  # the first SPADE conv, exported as table look-ups + sum
+
+
 def _generator_eligible(node: onnx.NodeProto, module: str) -> bool:
-    if node.op_type not in FEATURE_OPS:
+    if node.op_type not in FEATURE_OPS and node.op_type not in GENERATOR_EXTRA_OPS:
         return False
-    if "param_free_norm" in module:
-        return False  # normalisation statistics
-    return module != ""  # top level: label-map look-ups, output scaling
+    if module == "":
+        return False  # top level: label-map decoding, tap indices, output scaling
+    last = module.rsplit(".", 1)[-1]
+    # A SPADE module's own ops are the parameter-free normalisation (instance-norm
+    # statistics or folded batch-norm) and the modulation x * (1 + gamma) + beta.
+    return not (last.startswith("norm") or "param_free_norm" in module)
 
 
 def policy_for(kind: str) -> Policy:
