@@ -57,7 +57,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 INSTANCE_DIR = "instances"
 INSTANCE_SUFFIX = "_instance"
 
-__all__ = ["calibration_feeds", "CALIBRATION_SEED_OFFSET"]
+__all__ = ["calibration_feeds", "label_map_feeds", "CALIBRATION_SEED_OFFSET"]
 
 
 def calibration_feeds(manifest: dict, source: str | os.PathLike | None = None, *, samples: int = 128,
@@ -78,7 +78,7 @@ def calibration_feeds(manifest: dict, source: str | os.PathLike | None = None, *
     if kind == "detector":
         feeds, desc = _detector_feeds(manifest, source, int(samples), int(seed), progress)
     elif kind == "generator":
-        feeds, desc = _generator_feeds(manifest, source, int(samples), int(seed), progress)
+        feeds, desc = label_map_feeds(manifest, source, samples=int(samples), seed=int(seed), progress=progress)
     else:
         raise BadInput(expected_got("manifest kind", "'detector' or 'generator'", repr(kind)))
     _check_against_inputs(manifest, feeds)
@@ -203,12 +203,22 @@ class _LabelSpace:
         self.classes = np.array([v for v in range(lo, hi + 1) if v not in self.dontcare], np.int64)
 
 
-def _generator_feeds(manifest: dict, source, samples: int, seed: int, progress: bool):
+def label_map_feeds(manifest: dict, source: str | os.PathLike | None = None, *, samples: int, seed: int = 0,
+                    synthetic_seed: int | None = None, split: str = "train",
+                    what: str = "calibration label-map directory",
+                    progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A generator's feeds from a folder of label-map PNGs, or synthetic scenes when ``source`` is None.
+
+    The calibration defaults are :func:`calibration_feeds`'; ``eval`` uses the held-out
+    scenes (``synthetic_seed=0, split="heldout"``). ``synthetic_seed`` defaults to
+    ``CALIBRATION_SEED_OFFSET + seed``; ``what`` names the folder in error messages.
+    """
     space = _LabelSpace(manifest)
     if source is None:
-        load, desc = _synthetic_maps(space, samples, seed)
+        stream = CALIBRATION_SEED_OFFSET + seed if synthetic_seed is None else int(synthetic_seed)
+        load, desc = _synthetic_maps(space, samples, seed, stream, split)
     else:
-        load, desc = _folder_maps(space, source, samples, seed)
+        load, desc = _folder_maps(space, source, samples, seed, what)
     n = len(load)
     h, w = space.size
     labels = np.empty((n, h, w), space.label_dtype)
@@ -236,11 +246,10 @@ def _compact_ids(inst: np.ndarray) -> np.ndarray:
     return inst.astype(np.int32)
 
 
-def _synthetic_maps(space: _LabelSpace, samples: int, seed: int):
+def _synthetic_maps(space: _LabelSpace, samples: int, seed: int, stream: int, split: str):
     from ..models import spade_demo_data as demo
     from ..runtime.generator import resize_nearest
 
-    stream = CALIBRATION_SEED_OFFSET + seed
     h, w = space.size
     demo_space = space.label_range == (0, demo.NUM_CLASSES - 1) and demo.DONTCARE in space.dontcare
     if len(space.classes) == 0:
@@ -248,7 +257,7 @@ def _synthetic_maps(space: _LabelSpace, samples: int, seed: int):
                                     f"{space.label_range} with dontcare values {space.dontcare}"))
 
     def one(i: int):
-        s = demo.make_sample(i, size=max(h, w), seed=stream, split="train")
+        s = demo.make_sample(i, size=max(h, w), seed=stream, split=split)
         lab = resize_nearest(s.label, (h, w)).astype(np.int64)
         inst = resize_nearest(s.instance, (h, w)).astype(np.int64)
         if not demo_space:
@@ -264,7 +273,8 @@ def _synthetic_maps(space: _LabelSpace, samples: int, seed: int):
         return lab.astype(space.label_dtype), _compact_ids(inst)
 
     load = [lambda i=i: one(i) for i in range(samples)]
-    return load, {"source": f"synthetic:spade_demo_data seed={stream}", "samples": samples, "seed": seed, "files": 0}
+    name = f"synthetic:spade_demo_data seed={stream}" + ("" if split == "train" else f" split={split}")
+    return load, {"source": name, "samples": samples, "seed": seed, "files": 0}
 
 
 def _instance_file(label_path: Path) -> Path | None:
@@ -297,10 +307,10 @@ def _read_label_png(path: Path, what: str) -> np.ndarray:
         raise BadInput(expected_got(f"{what} {path}", "a readable label map PNG", str(e).splitlines()[0])) from None
 
 
-def _folder_maps(space: _LabelSpace, source, samples: int, seed: int):
+def _folder_maps(space: _LabelSpace, source, samples: int, seed: int, what: str):
     from ..runtime.generator import check_label_values, resize_nearest
 
-    files = _list_files(source, "calibration label-map directory", (".png",),
+    files = _list_files(source, what, (".png",),
                         skip=lambda p: p.stem.endswith(INSTANCE_SUFFIX))
     picked = _pick(files, samples, seed)
 
