@@ -364,7 +364,7 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
     r = evaluate_artifact(artifact, data=data, samples=samples, threads=threads, progress=not quiet)
     out = click.get_text_stream("stdout")
     console = Console(file=out, width=None if out.isatty() else 120)
-    table = Table(title=f"{r['model']} ({r['kind']}, precision {r['precision']}) vs PyTorch",
+    table = Table(min_width=72, title=f"{r['model']} ({r['kind']}, precision {r['precision']}) vs PyTorch",
                   caption=f"{r['images']} {'images' if r['kind'] == 'detector' else 'label maps'}: {r['data']}")
     if r["kind"] == "detector":
         for col in ("metric", "artifact", "PyTorch", "drop (points)"):

@@ -205,3 +205,10 @@ def test_cli_generator_rejects_photos(demo_generator_onnx, tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "photo.png")
     r = CliRunner().invoke(main, ["eval", str(demo_generator_onnx), "--data", str(tmp_path), "-q"])
     _one_line_error(r, "photo.png", "single-channel")
+
+
+def test_eval_help_lists_options():
+    r = CliRunner().invoke(main, ["eval", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--data", "--samples", "--json", "--threads", "--quiet"):
+        assert opt in r.output
