@@ -334,6 +334,56 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
     sys.exit(0 if report["ok"] else 1)
 
 
+@main.command("eval")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--data", "data", type=click.Path(), default=None,
+              help="Detector: COCO directory (annotations.json + images); default the held-out synthetic set. "
+                   "Generator: directory of label-map PNGs; default held-out spade_demo scenes.")
+@click.option("--samples", type=int, default=None,
+              help="Images/label maps to use (default: 100 detector, 16 generator, all of a --data directory).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON (atomically).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime / torch threads (default: all cores).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def eval_cmd(artifact, data, samples, json_out, threads, quiet):
+    """Task accuracy of ARTIFACT (.onnx with its manifest) next to its FP32 PyTorch reference.
+
+    \b
+    Detector: COCO mAP@[.5:.95] and mAP@.5 of the artifact and of PyTorch on the same
+    images, and the drop in points. Generator: PSNR (mean, min) and SSIM (mean) of the
+    artifact's images against PyTorch's. Reports only: exits 0 whatever the numbers.
+    See docs/eval.md.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import evaluate_artifact
+    from .fileio import write_json_atomic
+
+    r = evaluate_artifact(artifact, data=data, samples=samples, threads=threads, progress=not quiet)
+    out = click.get_text_stream("stdout")
+    console = Console(file=out, width=None if out.isatty() else 120)
+    table = Table(min_width=72, title=f"{r['model']} ({r['kind']}, precision {r['precision']}) vs PyTorch",
+                  caption=f"{r['images']} {'images' if r['kind'] == 'detector' else 'label maps'}: {r['data']}")
+    if r["kind"] == "detector":
+        for col in ("metric", "artifact", "PyTorch", "drop (points)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for key, label in (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5")):
+            table.add_row(label, f"{100 * r['artifact'][key]:.2f}", f"{100 * r['reference'][key]:.2f}",
+                          f"{r['drop'][key]:+.2f}")
+    else:
+        a = r["artifact"]
+        for col in ("vs FP32 PyTorch", "mean", "min"):
+            table.add_column(col, justify="left" if col.startswith("vs") else "right")
+        table.add_row("PSNR (dB, peak 1)", f"{a['psnr_mean']:.2f}", f"{a['psnr_min']:.2f}")
+        table.add_row("SSIM", f"{a['ssim_mean']:.5f}", f"{a['ssim_min']:.5f}")
+    console.print(table)
+    if json_out:
+        write_json_atomic(json_out, r)
+        click.echo(f"wrote {json_out}")
+
+
 @main.command("report")
 @click.argument("run_dir", type=click.Path())
 @click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), default=None,

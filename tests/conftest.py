@@ -47,3 +47,27 @@ def run_in_threads():
         assert not errors, errors
 
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_detector_onnx(tmp_path_factory):
+    """fasterrcnn_demo (bundled checkpoint) exported at 320x320, FP32, once per session."""
+    from deploykit import models
+    from deploykit.export.detector import export_detector, model_info
+
+    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
+    kwargs = {"min_size": 320, "max_size": 320}
+    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
+    path = tmp_path_factory.mktemp("demo_detector") / "det.onnx"
+    export_detector(net, path, input_size=(320, 320), model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_generator_onnx(tmp_path_factory):
+    """spade_demo (bundled checkpoint) exported, FP32, once per session."""
+    from deploykit.export.spade import export_spade
+
+    path = tmp_path_factory.mktemp("demo_generator") / "gen.onnx"
+    export_spade("spade_demo", path)
+    return path

@@ -1,1 +1,2 @@
-"""Calibration data, FP16/INT8 conversion and accuracy budgets."""
+"""Calibration and precision: calibration data for an exported artifact (:mod:`.data`), the
+TensorRT ≤ 10 calibration cache written from a Q/DQ graph (:mod:`.cache`)."""

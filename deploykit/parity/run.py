@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 from .metrics import match_detections, tensor_stats
+from .reference import reference_spec
 
 DETECTOR_DEFAULT_IMAGES = 20
 GENERATOR_DEFAULT_MAPS = 8
@@ -257,17 +258,8 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
     if images_dir is not None and label_maps_dir is not None:
         raise BadInput(expected_got("inputs", "--images (detectors) or --label-maps (generators)", "both"))
     manifest = read_manifest(artifact)
-    kind = manifest.get("kind")
-    info = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    name = info.get("name")
-    if not name:
-        raise BadInput(expected_got(f"manifest of {artifact} model.name", "a registered model name "
-                                    "(see deploykit models)", repr(name)))
-    entry = models.entry(name)
-    if kind not in ("detector", "generator"):
-        raise BadInput(expected_got(f"manifest of {artifact} kind", "'detector' or 'generator'", repr(kind)))
-    if entry.family != kind:
-        raise BadInput(expected_got(f"artifact {artifact}", f"a {entry.family} (model {name})", f"kind {kind!r}"))
+    name, checkpoint, overrides = reference_spec(manifest, artifact)
+    kind = manifest["kind"]
     if kind == "detector" and label_maps_dir is not None:
         raise BadInput(expected_got("--label-maps", "--images DIR for a detector artifact", str(label_maps_dir)))
     if kind == "detector" and instances_dir is not None:
@@ -277,15 +269,12 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
     if kind == "detector" and (manifest.get("postprocessing") or {}).get("raw"):
         raise BadInput(expected_got(f"artifact {artifact}", "a detector with post-processing (boxes, scores, "
                                     "labels)", "a raw-mode export (postprocessing.raw true), not supported by parity"))
-    overrides = info.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise BadInput(expected_got(f"manifest of {artifact} model.overrides", "a mapping", type(overrides).__name__))
 
     if kind == "detector":  # inputs first: a bad directory fails before the model is built
         source, images = _detector_inputs(images_dir)
     else:
         source, images = None, None
-    model = models.build(name, info.get("checkpoint"), **overrides)
+    model = models.build(name, checkpoint, **overrides)
 
     import torch
 
@@ -300,5 +289,5 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
             source = body.pop("source")
     finally:
         torch.set_num_threads(old_threads)
-    return {"artifact": str(artifact), "kind": kind, "model": name, "checkpoint": info.get("checkpoint"),
+    return {"artifact": str(artifact), "kind": kind, "model": name, "checkpoint": checkpoint,
             "overrides": overrides, "inputs": source, **body}

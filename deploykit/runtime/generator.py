@@ -36,6 +36,29 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return a[rows[:, None], cols[None, :]]
 
 
+def allowed_labels_text(label_range: tuple[int, int], dontcare_values: Sequence[int] = ()) -> str:
+    """``"0..9 or 255 (dontcare)"``: the raw label values a generator accepts."""
+    lo, hi = label_range
+    extra = [v for v in dontcare_values if not lo <= v <= hi]
+    return f"{lo}..{hi}" + "".join(f" or {v} (dontcare)" for v in extra)
+
+
+def check_label_values(label_map: np.ndarray, label_range: tuple[int, int], dontcare_values: Sequence[int] = (),
+                       what: str = "label_map value") -> None:
+    """Raise :class:`BadInput` naming the first label outside ``label_range`` (inclusive) and not a
+    dontcare value, where it is and the allowed values."""
+    lo, hi = label_range
+    bad = (label_map < lo) | (label_map > hi)
+    for v in dontcare_values:
+        bad &= label_map != v
+    if bad.any():
+        y, x = (int(i) for i in np.argwhere(bad)[0])
+        n = int(bad.sum())
+        more = f" ({n - 1} more pixels out of range)" if n > 1 else ""
+        raise BadInput(expected_got(what, f"labels {allowed_labels_text(label_range, dontcare_values)}",
+                                    f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
+
+
 class Generator(OwnsSession):
     """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
 
@@ -72,9 +95,7 @@ class Generator(OwnsSession):
 
     @property
     def allowed_labels(self) -> str:
-        lo, hi = self.label_range
-        extra = [v for v in self.dontcare_values if not lo <= v <= hi]
-        return f"{lo}..{hi}" + "".join(f" or {v} (dontcare)" for v in extra)
+        return allowed_labels_text(self.label_range, self.dontcare_values)
 
     # -- input checks -------------------------------------------------------
 
@@ -97,16 +118,7 @@ class Generator(OwnsSession):
 
     def check_labels(self, label_map: np.ndarray) -> None:
         """Raise :class:`BadInput` naming the first out-of-range label, where it is and the allowed range."""
-        lo, hi = self.label_range
-        bad = (label_map < lo) | (label_map > hi)
-        for v in self.dontcare_values:
-            bad &= label_map != v
-        if bad.any():
-            y, x = (int(i) for i in np.argwhere(bad)[0])
-            n = int(bad.sum())
-            more = f" ({n - 1} more pixels out of range)" if n > 1 else ""
-            raise BadInput(expected_got("label_map value", f"labels {self.allowed_labels}",
-                                        f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
+        check_label_values(label_map, self.label_range, self.dontcare_values)
 
     def _instances(self, inst: np.ndarray) -> np.ndarray:
         info = np.iinfo(np.int32)
