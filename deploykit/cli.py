@@ -169,6 +169,71 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
     click.echo(f"  inputs:  {ins}\n  outputs: {outs}")
 
 
+@main.command("quantize")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="ONNX file to write (manifest beside it, same stem).")
+@click.option("--precision", required=True, type=click.Choice(["fp16", "int8"]),
+              help="fp16: ModelOpt AutoCast casts, I/O stays float32. int8: ModelOpt PTQ Q/DQ pairs "
+                   "(per-channel symmetric weights), everything else FP32.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Calibration data: a folder of images (detector; same preprocessing as inference) or of "
+                   "label-map PNGs (SPADE). Default: the project's synthetic generator.")
+@click.option("--samples", default=128, show_default=True, type=int, help="Calibration samples.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling the calibration data.")
+@click.option("--method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
+              help="INT8 activation calibration.")
+@click.option("--accuracy-budget", "budget", default=None, metavar="METRIC=VALUE",
+              help="map-drop=0.5 or map50-drop=0.5 (detector, mAP points below PyTorch), psnr=35 or "
+                   "ssim=0.98 (SPADE, vs FP32 PyTorch). INT8 layers are moved back to FP32, most sensitive "
+                   "first, until it holds; exit 1 if even FP32 misses it.")
+@click.option("--eval-data", type=click.Path(), default=None,
+              help="Data for the budget check: a COCO-format folder (detector) or label-map PNGs (SPADE). "
+                   "Default: the held-out synthetic set.")
+@click.option("--eval-samples", type=int, default=None, help="Images for the budget check (default: all, or 100 "
+              "synthetic).")
+@click.option("--calibration-cache", type=click.Path(dir_okay=False), default=None,
+              help="INT8: also write a TensorRT <= 10 calibration cache (text) from the calibrated scales.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@_fail_cleanly
+def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, eval_data, eval_samples,
+                 calibration_cache, threads, quiet):
+    """Write SOURCE (an FP32 .onnx from `deploykit export`) in FP16 or INT8 for TensorRT 11.
+
+    \b
+    TensorRT 11 is strongly typed: precision lives in the graph. NVIDIA ModelOpt does the
+    conversion; deploykit decides what may leave FP32. Detector: backbone, FPN, RPN objectness
+    and box-head features only (anchors, box deltas, decoding, RoiAlign, NMS, thresholds stay FP32).
+    SPADE: convolutions only (normalisation statistics stay FP32). The manifest records precision,
+    calibration (method, samples, source, seed), the source graph and the nodes kept in FP32.
+    \b
+    Examples:
+      deploykit quantize demo.onnx -o demo_int8.onnx --precision int8
+      deploykit quantize demo.onnx -o demo_int8.onnx --precision int8 --accuracy-budget map-drop=0.5
+      deploykit quantize spade.onnx -o spade_fp16.onnx --precision fp16 --calib labels/
+    """
+    from .calib.pipeline import quantize_artifact
+
+    if samples < 1:
+        raise BadInput(expected_got("--samples", "an integer >= 1", str(samples)))
+    progress = _Progress(quiet)
+    manifest = quantize_artifact(source, out, precision, calib=calib, samples=samples, seed=seed, method=method,
+                                 budget=budget, eval_data=eval_data, eval_samples=eval_samples,
+                                 calibration_cache=calibration_cache, threads=threads, progress=not quiet,
+                                 log=progress)
+    p = manifest["precision"]
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"  {p['mode']}: {p['low_precision_nodes']} nodes in reduced precision, "
+               f"{len(p['kept_high_precision'])} kept FP32")
+    b = p.get("budget")
+    if b:
+        moved = b.get("moved_to_fp32") or []
+        click.echo(f"  budget {b['spec']}: {b['value']:.4g} (met)" + (
+            f"; {len(moved)} layer(s) moved to FP32: " + ", ".join(m.get("module") or m["node"] for m in moved)
+            + (f" (+{b['latency_ms']['cost_percent']}% latency)" if b.get("latency_ms") else "") if moved else ""))
+
+
 @main.command("infer")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))

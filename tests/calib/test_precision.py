@@ -119,14 +119,14 @@ def test_detector_fp16_policy(demo_detector_onnx, detector_feeds, tmp_path):
 
 
 @pytest.mark.slow
-def test_generator_int8_and_fp16_psnr(demo_spade_onnx, spade_feeds, tmp_path):
-    ref = _run(demo_spade_onnx, spade_feeds)[0]
+def test_generator_int8_and_fp16_psnr(demo_generator_onnx, spade_feeds, tmp_path):
+    ref = _run(demo_generator_onnx, spade_feeds)[0]
     for precision, floor in (("fp16", 45.0), ("int8", 30.0)):
         out = tmp_path / f"g_{precision}.onnx"
-        manifest = convert(demo_spade_onnx, out, precision, feeds=spade_feeds)
+        manifest = convert(demo_generator_onnx, out, precision, feeds=spade_feeds)
         model = onnx.load(str(out))
         kept = set(manifest["precision"]["kept_high_precision"])
-        fp32 = onnx.load(str(demo_spade_onnx))
+        fp32 = onnx.load(str(demo_generator_onnx))
         for node in fp32.graph.node:
             last = (module_of(node) or "").rsplit(".", 1)[-1]
             if last.startswith("norm") or node.op_type == "InstanceNormalization":

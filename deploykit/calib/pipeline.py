@@ -1,0 +1,141 @@
+"""``deploykit quantize``: calibration data -> FP16/INT8 graph -> accuracy budget -> artifact.
+
+Everything is built in a scratch directory; the output ``.onnx`` and its
+manifest appear (atomically) only when every step succeeded, so a failed
+budget or a bad calibration folder leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from ..errors import BadInput, expected_got
+from ..fileio import atomic_path
+from ..manifest import read_manifest, write_manifest
+from .budget import Budget, meet_budget, parse_budget, temp_artifact
+from .precision import convert
+
+__all__ = ["quantize_artifact", "budget_evaluator"]
+
+
+def budget_evaluator(manifest: dict[str, Any], budget: Budget, *, data: str | os.PathLike | None = None,
+                     samples: int | None = None, threads: int | None = None, progress: bool = False,
+                     scratch: str | os.PathLike) -> Callable[[Any], float]:
+    """A function ``candidate -> metric`` for ``budget``, against the PyTorch reference (computed once).
+
+    A candidate is a path to an artifact with its manifest, or an
+    ``onnx.ModelProto`` (saved to ``scratch`` with ``manifest``).
+    """
+    from ..evaluate import DetectorEval, GeneratorEval
+
+    counter = {"n": 0}
+
+    def as_path(candidate) -> Path:
+        if isinstance(candidate, onnx.ModelProto):
+            counter["n"] += 1
+            return temp_artifact(candidate, manifest, scratch, name=f"candidate_{counter['n']}.onnx")
+        return Path(candidate)
+
+    if manifest["kind"] == "detector":
+        ev = DetectorEval(manifest, data=data, samples=samples, threads=threads, progress=progress)
+        ref = ev.reference_metrics()
+        key = {"map-drop": "map", "map50-drop": "map50"}[budget.metric]
+
+        def evaluate(candidate) -> float:
+            return 100.0 * (ref[key] - ev.artifact_metrics(as_path(candidate))[key])
+    else:
+        ev = GeneratorEval(manifest, data=data, samples=samples, threads=threads, progress=progress)
+        key = {"psnr": "psnr_mean", "ssim": "ssim_mean"}[budget.metric]
+
+        def evaluate(candidate) -> float:
+            return float(ev.psnr_ssim(as_path(candidate))[key])
+    return evaluate
+
+
+def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precision: str, *,
+                      calib: str | os.PathLike | None = None, samples: int = 128, seed: int = 0,
+                      method: str = "entropy", budget: str | None = None,
+                      eval_data: str | os.PathLike | None = None, eval_samples: int | None = None,
+                      calibration_cache: str | os.PathLike | None = None, threads: int | None = None,
+                      progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Convert the FP32 artifact ``source`` to ``precision`` and write ``out`` (+ manifest).
+
+    With ``budget`` (e.g. ``"map-drop=0.5"``), the result is evaluated against
+    the PyTorch reference and, if it misses, the most sensitive INT8 layers are
+    moved back to FP32 until it holds (:func:`deploykit.calib.budget.meet_budget`).
+    Returns the manifest written.
+    """
+    from .data import calibration_feeds
+
+    say = log or (lambda _m: None)
+    source, out = Path(source), Path(out)
+    manifest = read_manifest(source)
+    parsed = parse_budget(budget, manifest.get("kind")) if budget else None
+    if parsed is not None and precision == "fp32":
+        raise BadInput(expected_got("--accuracy-budget", "an fp16 or int8 --precision", "fp32"))
+    if calibration_cache and precision != "int8":
+        raise BadInput(expected_got("--calibration-cache", "--precision int8", precision))
+    feeds, description = None, None
+    if precision != "fp32":
+        say(f"calibration data: {samples} samples from {calib or 'the synthetic generator'}")
+        feeds, description = calibration_feeds(manifest, calib, samples=samples, seed=seed, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="deploykit-quantize-") as tmp:
+        tmpdir = Path(tmp)
+        staged = tmpdir / out.name
+        say(f"converting to {precision}")
+        new = convert(source, staged, precision, feeds=feeds, calibration=description, method=method, log=say)
+        if parsed is not None:
+            say(f"checking accuracy budget {parsed} ({parsed.describe()})")
+            scratch = tmpdir / "candidates"
+            scratch.mkdir()
+            evaluate = budget_evaluator(new, parsed, data=eval_data, samples=eval_samples, threads=threads,
+                                        progress=progress, scratch=scratch)
+            if precision == "int8":
+                result = meet_budget(staged, source, parsed, evaluate, feeds, log=say, threads=threads)
+                summary = result.summary()
+                if result.moved:
+                    onnx.save_model(result.model, str(staged))
+            else:  # FP16: no search, the budget is a check
+                value = evaluate(staged)
+                summary = {"spec": str(parsed), "meaning": parsed.describe(), "met": parsed.met(value),
+                           "value": value, "moved_to_fp32": []}
+                if not summary["met"]:
+                    from ..errors import CheckFailed
+
+                    raise CheckFailed(f"fp16 graph misses accuracy budget {parsed}: {parsed.metric} {value:.4g}")
+            new = copy.deepcopy(new)
+            new["precision"]["budget"] = summary
+            if summary["moved_to_fp32"]:
+                moved = {m["node"] for m in summary["moved_to_fp32"]}
+                new["precision"]["kept_high_precision"] = sorted(set(new["precision"]["kept_high_precision"]) | moved)
+                new["precision"]["low_precision_nodes"] -= len(moved)
+            write_manifest(staged, new)
+        if calibration_cache:
+            from .cache import write_calibration_cache
+
+            count = write_calibration_cache(staged, calibration_cache)
+            say(f"wrote {calibration_cache} ({count} tensors)")
+        _publish(staged, out)
+    return read_manifest(out)
+
+
+def _publish(staged: Path, out: Path) -> None:
+    """Move the staged artifact and its manifest to ``out`` (each atomically), manifest fixed up for the name."""
+    manifest = json.loads(staged.with_suffix(".json").read_text())
+    precision = manifest.get("precision") or {}
+    src = precision.get("source") or {}
+    if src.get("file"):  # re-anchor the relative source path at the final directory
+        absolute = (staged.parent / src["file"]).resolve() if not os.path.isabs(src["file"]) else Path(src["file"])
+        src["file"] = os.path.relpath(absolute, out.resolve().parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(staged, tmp)
+    write_manifest(out, manifest)
