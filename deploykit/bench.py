@@ -257,7 +257,8 @@ def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = No
         providers = getattr(work.session, "providers", [])
         result.update({
             "artifact": str(artifact), "kind": work.kind, "model": (work.manifest.get("model") or {}).get("name"),
-            "backend": "onnxruntime", "providers": list(providers), "threads": threads, "warmup_s": warmup,
+            "backend": "tensorrt" if artifact.suffix.lower() in (".plan", ".engine") else "onnxruntime",
+            "providers": list(providers), "threads": threads, "warmup_s": warmup,
             "duration_s": duration, "iterations": iterations, "batch_range": [low, high],
             "end_to_end": end_to_end, "torch": torch_ref, "interrupted": False, "results": [],
         })
@@ -301,7 +302,8 @@ def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = No
             finally:  # also on Ctrl-C: keep whatever was measured
                 for name in times:
                     if times[name]:
-                        row[name] = summarize(times[name], b)
+                        row[name] = {**summarize(times[name], b),
+                                     "samples_ms": [round(t * 1e3, 4) for t in times[name]]}
                 if len(row) == 1:  # nothing measured for this batch (interrupted in its warm-up)
                     result["results"].remove(row)
                 _speedup(row)
@@ -323,6 +325,43 @@ def _speedup(row: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------
 # Presentation
+
+
+def report_target(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``--report PATH`` -> (HTML file, directory to also hold the bench JSON, or None).
+
+    ``*.html``/``*.htm``: that file (its directory must exist), a page for this bench alone.
+    Anything else is a run directory (created if its parent exists): the bench JSON is written
+    there as ``bench_<artifact stem>.json`` and ``report.html`` renders everything the directory
+    holds (``deploykit report`` inputs). Checked before anything is timed; BadInput otherwise.
+    """
+    p = Path(path)
+    if p.suffix.lower() in (".html", ".htm"):
+        if p.is_dir():
+            raise BadInput(expected_got(f"--report {p}", "an .html file or a directory", "a directory named .html"))
+        if not p.parent.is_dir():
+            raise BadInput(expected_got(f"--report {p}", "an .html file in an existing directory",
+                                        f"no directory {p.parent}"))
+        return p, None
+    if p.exists() and not p.is_dir():
+        raise BadInput(expected_got(f"--report {p}", "a directory or an .html file", "an existing file"))
+    if not p.exists() and not p.parent.is_dir():
+        raise BadInput(expected_got(f"--report {p}", "a directory whose parent exists, or an .html file",
+                                    f"no directory {p.parent}"))
+    return p / "report.html", p
+
+
+def write_bench_report(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the HTML report (``deploykit.report``) for a bench ``result`` to ``--report PATH``."""
+    from .fileio import write_json_atomic
+    from .report import write_report
+
+    html, run_dir = report_target(path)
+    if run_dir is None:
+        return write_report(html.parent, html, bench=result, discover=False)
+    run_dir.mkdir(exist_ok=True)
+    write_json_atomic(run_dir / f"bench_{Path(result.get('artifact', 'model')).stem}.json", result)
+    return write_report(run_dir, html)
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:

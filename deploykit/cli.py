@@ -235,22 +235,29 @@ def demo_cmd(output_dir, images, threads):
 @click.option("--torch", "torch_ref", is_flag=True,
               help="Also time the PyTorch reference rebuilt from the manifest, interleaved; adds a speedup column.")
 @click.option("--end-to-end", is_flag=True, help="Also time the whole runtime pipeline (pre- and post-processing).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the results here (with every run's latency in samples_ms).")
+@click.option("--report", "report_to", type=click.Path(), default=None, metavar="DIR_OR_HTML",
+              help="Also write the HTML report (latency distribution per side and batch). PAGE.html: a page for "
+                   "this bench alone. DIR: bench_<stem>.json goes there and DIR/report.html shows everything in DIR "
+                   "(like `deploykit report DIR`).")
 @_fail_cleanly
-def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out):
+def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out, report_to):
     """Latency (min/mean/median/p90/p95/p99 ms) and throughput (images/s) of ARTIFACT per batch size.
 
     Model-only times Session.run on a preprocessed feed; --end-to-end adds the runtime's
     whole pipeline; --torch adds eager PyTorch on the same inputs. Ctrl-C prints what was
-    measured so far and exits 130. See docs/bench.md.
+    measured so far (and still writes --json and --report) and exits 130. See docs/bench.md.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .bench import TABLE_HEADER, parse_batches, run_bench, table_rows
+    from .bench import TABLE_HEADER, parse_batches, report_target, run_bench, table_rows, write_bench_report
     from .fileio import write_json_atomic
 
+    if report_to is not None:
+        report_target(report_to)  # a bad path fails before anything is timed
     result: dict = {}
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -275,6 +282,8 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
     if json_out:
         write_json_atomic(json_out, result)
         click.echo(f"wrote {json_out}")
+    if report_to is not None and result.get("results"):
+        click.echo(f"wrote {write_bench_report(result, report_to)}")
     if result.get("interrupted"):
         click.echo("interrupted: partial results above", err=True)
         sys.exit(130)
