@@ -241,8 +241,13 @@ def demo_cmd(output_dir, images, threads):
               help="Also write the HTML report (latency distribution per side and batch). PAGE.html: a page for "
                    "this bench alone. DIR: bench_<stem>.json goes there and DIR/report.html shows everything in DIR "
                    "(like `deploykit report DIR`).")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT engines: capture each context's inference into a CUDA graph on its first run per "
+                   "input shape and replay it (less launch overhead); falls back to plain enqueue with a warning "
+                   "when the engine cannot be captured.")
 @_fail_cleanly
-def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out, report_to):
+def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out, report_to,
+              cuda_graph):
     """Latency (min/mean/median/p90/p95/p99 ms) and throughput (images/s) of ARTIFACT per batch size.
 
     Model-only times Session.run on a preprocessed feed; --end-to-end adds the runtime's
@@ -270,9 +275,11 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
             bar.update(tasks[label], completed=done, total=total)
 
         run_bench(artifact, batches=parse_batches(batch), warmup=warmup, duration=duration, iterations=iterations,
-                  threads=threads, torch_ref=torch_ref, end_to_end=end_to_end, progress=progress, result=result)
+                  threads=threads, torch_ref=torch_ref, end_to_end=end_to_end, cuda_graph=cuda_graph,
+                  progress=progress, result=result)
     table = Table(title=f"{result.get('artifact')} ({result.get('kind')}, {', '.join(result.get('providers', []))}"
-                        f", threads {result.get('threads') or 'default'})")
+                        f", threads {result.get('threads') or 'default'}"
+                        f"{', CUDA graphs' if result.get('cuda_graph') else ''})")
     for i, name in enumerate(TABLE_HEADER):
         table.add_column(name, justify="left" if i < 2 else "right")
     for row in table_rows(result):
