@@ -137,9 +137,9 @@ class Graph:
         try:
             model = onnx.load(str(path))
         except Exception as e:  # noqa: BLE001 - protobuf/IO errors become one line
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise BadInput(expected_got(f"{what} {path}", "a readable ONNX model",
-                                        f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                                        )) from None
+                                        f"{type(e).__name__}: {text}")) from None
         try:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # noqa: BLE001 - partial types are fine; untyped tensors are skipped
@@ -262,10 +262,9 @@ def _same_after_sorting(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
 class Prober:
     """Runs both graphs with a window of candidates exposed; counts probes and ONNX Runtime runs."""
 
-    def __init__(self, art: Graph, ref: Graph, ref_is_artifact: bool, feeds: list[dict[str, np.ndarray]],
+    def __init__(self, art: Graph, ref: Graph, feeds: list[dict[str, np.ndarray]],
                  tol: Tolerance, threads: int | None, strict_order: bool = False):
         self.art, self.ref, self.feeds, self.tol, self.threads = art, ref, feeds, tol, threads
-        self.ref_is_artifact = ref_is_artifact
         self.probes: list[dict[str, Any]] = []
         self.ort_runs = 0
         self.strict_order = strict_order
@@ -378,7 +377,7 @@ def bisect_graphs(artifact: str | os.PathLike, reference: str | os.PathLike, fee
     ref = art if same else Graph.load(reference, "reference")
     names, skipped = candidates(art, ref)
     index = {name: i for i, name in enumerate(names)}
-    prober = Prober(art, ref, same, feeds, tol, threads, strict_order)
+    prober = Prober(art, ref, feeds, tol, threads, strict_order)
     say = progress or (lambda m: None)
 
     say("final outputs")
