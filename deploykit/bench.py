@@ -80,9 +80,12 @@ def batch_range(session: Any) -> tuple[int, int]:
 class _Workload:
     """The runtime object plus input builders for one artifact kind."""
 
-    def __init__(self, artifact: Path, threads: int | None):
+    def __init__(self, artifact: Path, threads: int | None, cuda_graph: bool = False):
         from .runtime import Detector, Generator, load
 
+        if cuda_graph and artifact.suffix.lower() not in (".plan", ".engine"):
+            raise BadInput(expected_got("--cuda-graph", "a TensorRT engine (.plan or .engine)",
+                                        f"{artifact.name}, run by ONNX Runtime"))
         session = load(artifact, threads=threads)  # .plan: the runtime's one-line TensorRT error
         manifest = session.manifest
         session.close()
@@ -92,9 +95,9 @@ class _Workload:
         self.manifest = manifest
         self.kind = manifest.get("kind")
         if self.kind == "detector":
-            self.runner = Detector(artifact, threads=threads)
+            self.runner = Detector(artifact, threads=threads, cuda_graph=cuda_graph)
         elif self.kind == "generator":
-            self.runner = Generator(artifact, threads=threads)
+            self.runner = Generator(artifact, threads=threads, cuda_graph=cuda_graph)
         else:
             raise BadInput(expected_got(f"model {artifact} manifest kind", "'detector' or 'generator'",
                                         repr(self.kind)))
@@ -223,12 +226,13 @@ def _warmup(fn: Callable[[], Any], seconds: float) -> None:
 
 def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = None, warmup: float = 1.0,
               duration: float | None = None, iterations: int | None = None, threads: int | None = None,
-              torch_ref: bool = False, end_to_end: bool = False, blocks: int = 2,
+              torch_ref: bool = False, end_to_end: bool = False, cuda_graph: bool = False, blocks: int = 2,
               progress: Progress | None = None, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark ``artifact``; returns (and fills ``result`` in place, so a Ctrl-C leaves the partial numbers).
 
     ``duration`` (seconds per side and batch) or ``iterations`` (runs per side and batch); default 5 s.
-    With ``torch_ref`` each side's budget is split into ``blocks`` interleaved blocks.
+    With ``torch_ref`` each side's budget is split into ``blocks`` interleaved blocks. ``cuda_graph``
+    (TensorRT engines only) replays the engine as a captured CUDA graph.
     Raises BadInput for a batch outside the artifact's batch range.
     """
     if duration is not None and iterations is not None:
@@ -245,7 +249,7 @@ def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = No
         duration = 5.0
     artifact = Path(artifact)
     result = {} if result is None else result
-    work = _Workload(artifact, threads)
+    work = _Workload(artifact, threads, cuda_graph)
     try:
         low, high = work.range
         batches = list(batches) if batches else [low]
@@ -257,9 +261,11 @@ def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = No
         providers = getattr(work.session, "providers", [])
         result.update({
             "artifact": str(artifact), "kind": work.kind, "model": (work.manifest.get("model") or {}).get("name"),
-            "backend": "onnxruntime", "providers": list(providers), "threads": threads, "warmup_s": warmup,
+            "backend": "tensorrt" if artifact.suffix.lower() in (".plan", ".engine") else "onnxruntime",
+            "providers": list(providers), "threads": threads, "warmup_s": warmup,
             "duration_s": duration, "iterations": iterations, "batch_range": [low, high],
-            "end_to_end": end_to_end, "torch": torch_ref, "interrupted": False, "results": [],
+            "end_to_end": end_to_end, "torch": torch_ref, "cuda_graph": cuda_graph, "interrupted": False,
+            "results": [],
         })
         n_blocks = max(1, blocks if torch_ref else 1)
         inputs = work.inputs(max(batches))
@@ -301,7 +307,8 @@ def run_bench(artifact: str | os.PathLike, *, batches: Sequence[int] | None = No
             finally:  # also on Ctrl-C: keep whatever was measured
                 for name in times:
                     if times[name]:
-                        row[name] = summarize(times[name], b)
+                        row[name] = {**summarize(times[name], b),
+                                     "samples_ms": [round(t * 1e3, 4) for t in times[name]]}
                 if len(row) == 1:  # nothing measured for this batch (interrupted in its warm-up)
                     result["results"].remove(row)
                 _speedup(row)
@@ -323,6 +330,43 @@ def _speedup(row: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------
 # Presentation
+
+
+def report_target(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``--report PATH`` -> (HTML file, directory to also hold the bench JSON, or None).
+
+    ``*.html``/``*.htm``: that file (its directory must exist), a page for this bench alone.
+    Anything else is a run directory (created if its parent exists): the bench JSON is written
+    there as ``bench_<artifact stem>.json`` and ``report.html`` renders everything the directory
+    holds (``deploykit report`` inputs). Checked before anything is timed; BadInput otherwise.
+    """
+    p = Path(path)
+    if p.suffix.lower() in (".html", ".htm"):
+        if p.is_dir():
+            raise BadInput(expected_got(f"--report {p}", "an .html file or a directory", "a directory named .html"))
+        if not p.parent.is_dir():
+            raise BadInput(expected_got(f"--report {p}", "an .html file in an existing directory",
+                                        f"no directory {p.parent}"))
+        return p, None
+    if p.exists() and not p.is_dir():
+        raise BadInput(expected_got(f"--report {p}", "a directory or an .html file", "an existing file"))
+    if not p.exists() and not p.parent.is_dir():
+        raise BadInput(expected_got(f"--report {p}", "a directory whose parent exists, or an .html file",
+                                    f"no directory {p.parent}"))
+    return p / "report.html", p
+
+
+def write_bench_report(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the HTML report (``deploykit.report``) for a bench ``result`` to ``--report PATH``."""
+    from .fileio import write_json_atomic
+    from .report import write_report
+
+    html, run_dir = report_target(path)
+    if run_dir is None:
+        return write_report(html.parent, html, bench=result, discover=False)
+    run_dir.mkdir(exist_ok=True)
+    write_json_atomic(run_dir / f"bench_{Path(result.get('artifact', 'model')).stem}.json", result)
+    return write_report(run_dir, html)
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:

@@ -300,22 +300,34 @@ def demo_cmd(output_dir, images, threads):
 @click.option("--torch", "torch_ref", is_flag=True,
               help="Also time the PyTorch reference rebuilt from the manifest, interleaved; adds a speedup column.")
 @click.option("--end-to-end", is_flag=True, help="Also time the whole runtime pipeline (pre- and post-processing).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the results here (with every run's latency in samples_ms).")
+@click.option("--report", "report_to", type=click.Path(), default=None, metavar="DIR_OR_HTML",
+              help="Also write the HTML report (latency distribution per side and batch). PAGE.html: a page for "
+                   "this bench alone. DIR: bench_<stem>.json goes there and DIR/report.html shows everything in DIR "
+                   "(like `deploykit report DIR`).")
+@click.option("--cuda-graph", is_flag=True,
+              help="TensorRT engines: capture each context's inference into a CUDA graph on its first run per "
+                   "input shape and replay it (less launch overhead); falls back to plain enqueue with a warning "
+                   "when the engine cannot be captured.")
 @_fail_cleanly
-def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out):
+def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref, end_to_end, json_out, report_to,
+              cuda_graph):
     """Latency (min/mean/median/p90/p95/p99 ms) and throughput (images/s) of ARTIFACT per batch size.
 
     Model-only times Session.run on a preprocessed feed; --end-to-end adds the runtime's
     whole pipeline; --torch adds eager PyTorch on the same inputs. Ctrl-C prints what was
-    measured so far and exits 130. See docs/bench.md.
+    measured so far (and still writes --json and --report) and exits 130. See docs/bench.md.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .bench import TABLE_HEADER, parse_batches, run_bench, table_rows
+    from .bench import TABLE_HEADER, parse_batches, report_target, run_bench, table_rows, write_bench_report
     from .fileio import write_json_atomic
 
+    if report_to is not None:
+        report_target(report_to)  # a bad path fails before anything is timed
     result: dict = {}
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
@@ -328,9 +340,11 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
             bar.update(tasks[label], completed=done, total=total)
 
         run_bench(artifact, batches=parse_batches(batch), warmup=warmup, duration=duration, iterations=iterations,
-                  threads=threads, torch_ref=torch_ref, end_to_end=end_to_end, progress=progress, result=result)
+                  threads=threads, torch_ref=torch_ref, end_to_end=end_to_end, cuda_graph=cuda_graph,
+                  progress=progress, result=result)
     table = Table(title=f"{result.get('artifact')} ({result.get('kind')}, {', '.join(result.get('providers', []))}"
-                        f", threads {result.get('threads') or 'default'})")
+                        f", threads {result.get('threads') or 'default'}"
+                        f"{', CUDA graphs' if result.get('cuda_graph') else ''})")
     for i, name in enumerate(TABLE_HEADER):
         table.add_column(name, justify="left" if i < 2 else "right")
     for row in table_rows(result):
@@ -340,6 +354,8 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
     if json_out:
         write_json_atomic(json_out, result)
         click.echo(f"wrote {json_out}")
+    if report_to is not None and result.get("results"):
+        click.echo(f"wrote {write_bench_report(result, report_to)}")
     if result.get("interrupted"):
         click.echo("interrupted: partial results above", err=True)
         sys.exit(130)
@@ -356,18 +372,53 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the full report as JSON (atomically).")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime / torch threads (default: all cores).")
+@click.option("--bisect", is_flag=True,
+              help="Instead of comparing with PyTorch: find the first intermediate tensor whose error against a "
+                   "reference ONNX graph exceeds the tolerance and name the node producing it.")
+@click.option("--against", type=click.Path(dir_okay=False), default=None,
+              help="--bisect reference graph (same tensor names). Default: the FP32 source in the manifest "
+                   "(precision.source.path), else ARTIFACT itself run with ONNX Runtime optimisations disabled.")
+@click.option("--rtol", type=float, default=None,
+              help="--bisect: a tensor fails when max|a-b| > atol + rtol*max|ref|. Default by the artifact's "
+                   "precision: fp32 1e-4, fp16 1e-2, int8 5e-2.")
+@click.option("--atol", type=float, default=None,
+              help="--bisect: absolute floor of the tolerance. Default: fp32 1e-6, fp16 1e-4, int8 1e-3.")
+@click.option("--samples", type=int, default=1, show_default=True,
+              help="--bisect: inputs to run (the first of the parity inputs).")
+@click.option("--window", type=int, default=128, show_default=True,
+              help="--bisect: most intermediate tensors exposed as outputs per probe (memory bound).")
+@click.option("--strict-order", is_flag=True,
+              help="--bisect: count tensors holding the reference's values in another order (TopK/NMS near-ties) "
+                   "as failing.")
 @_fail_cleanly
-def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, threads):
+def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, threads, bisect, against, rtol, atol,
+               samples, window, strict_order):
     """Compare ARTIFACT (.onnx with its manifest) with the PyTorch reference rebuilt from the manifest.
 
     Prints per-output error statistics and the verdict (detectors: detections matched both
     ways; generators: max |Δ| and PSNR). Exits 1 when parity fails, 2 on bad input.
+
+    \b
+    With --bisect: ONNX against ONNX (see --against), binary search over the intermediate
+    tensors for the first one over tolerance; prints the node (name, op, inputs) and its
+    error, and the final-output verdict. Exits 1 when a tensor fails. See docs/parity.md.
     """
     from rich.console import Console
     from rich.table import Table
 
     from .fileio import write_json_atomic
     from .parity.run import run_parity
+
+    bisect_only = {"--against": against, "--rtol": rtol, "--atol": atol,
+                   "--samples": samples if samples != 1 else None, "--window": window if window != 128 else None,
+                   "--strict-order": strict_order or None}
+    if bisect:
+        _parity_bisect(artifact, images_dir, label_maps_dir, instances_dir, json_out, threads, against, rtol, atol,
+                       samples, window, strict_order)
+        return
+    given = [k for k, v in bisect_only.items() if v is not None]
+    if given:
+        raise BadInput(expected_got(", ".join(given), "to come with --bisect", "no --bisect"))
 
     report = run_parity(artifact, images_dir=images_dir, label_maps_dir=label_maps_dir,
                         instances_dir=instances_dir, threads=threads)
@@ -447,6 +498,72 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
     if json_out:
         write_json_atomic(json_out, r)
         click.echo(f"wrote {json_out}")
+
+
+def _fmt(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.3g}"
+
+
+def _parity_bisect(artifact, images_dir, label_maps_dir, instances_dir, json_out, threads, against, rtol, atol,
+                   samples, window, strict_order) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .fileio import write_json_atomic
+    from .parity.bisect import run_bisect
+
+    err = Console(stderr=True)
+    with err.status("bisect") as status:
+        report = run_bisect(artifact, against, images_dir=images_dir, label_maps_dir=label_maps_dir,
+                            instances_dir=instances_dir, samples=samples, rtol=rtol, atol=atol, window=window,
+                            threads=threads, strict_order=strict_order,
+                            progress=lambda m: status.update(f"bisect: {m}"))
+    console = Console(width=max(Console().width, 110))
+    tol = report["tolerance"]
+    console.print(f"{report['artifact']} ({report['precision']}) against {report['reference']} on "
+                  f"{report['inputs']}; tensor fails when max|a-b| > {tol['atol']:g} + {tol['rtol']:g}·max|ref| "
+                  f"({report['tolerance_source']})", markup=False)
+    table = Table(title="final outputs")
+    for col in ("output", "shape", "max abs", "max |ref|", "max rel", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "shape", "verdict") else "right")
+
+    def verdict(s: dict) -> str:
+        v = "FAIL" if s["fails"] else ("reordered" if s.get("reordered") else "ok")
+        return f"{v} ({s['mismatch']})" if s.get("mismatch") and s["fails"] else v
+
+    for name, s in report["final_outputs"].items():
+        table.add_row(name, str(s["shape"]), _fmt(s["max_abs"]), _fmt(s["ref_max"]), _fmt(s["max_rel"]), verdict(s))
+    console.print(table)
+    probes = Table(title=f"probes ({report['candidates']} candidate tensors, {report['compared']} compared, "
+                         f"{report['ort_runs']} ONNX Runtime runs, {report['seconds']:.1f} s)")
+    for col in ("#", "exposed", "tensors", "failing", "reordered", "s"):
+        probes.add_column(col, justify="left" if col == "exposed" else "right")
+    for p in report["probes"]:
+        probes.add_row(str(p["probe"]), p["what"], str(p["tensors"]), str(p["failing"]), str(p["reordered"]),
+                       f"{p['seconds']:.2f}")
+    console.print(probes)
+    first = report["first_failing"]
+    if first is None:
+        console.print(f"no compared tensor exceeds the tolerance ({len(report['reordered'])} reordered)", markup=False)
+    else:
+        node, s = first["node"], first["stats"]
+        nodes = Table(title=f"first failing tensor: {first['tensor']!r} (candidate {first['index']})")
+        for col in ("tensor", "role", "shape", "max abs", "max |ref|", "max rel", "verdict"):
+            nodes.add_column(col, justify="left" if col in ("tensor", "role", "shape", "verdict") else "right")
+        for name, st in first["inputs"].items():
+            nodes.add_row(name, "input", str(st["shape"]), _fmt(st["max_abs"]), _fmt(st["ref_max"]),
+                          _fmt(st["max_rel"]), verdict(st))
+        nodes.add_row(first["tensor"], "output", str(s["shape"]), _fmt(s["max_abs"]), _fmt(s["ref_max"]),
+                      _fmt(s["max_rel"]), verdict(s))
+        console.print(nodes)
+        console.print(f"node {node['name']!r} ({node['op_type']}), inputs {node['inputs']}"
+                      + (f"; not compared: {first['inputs_not_compared']}" if first["inputs_not_compared"] else ""),
+                      markup=False)
+    console.print(f"bisect: {'PASS' if report['ok'] else 'FAIL'}", markup=False)
+    if json_out:
+        write_json_atomic(json_out, report)
+        click.echo(f"wrote {json_out}")
+    sys.exit(0 if report["ok"] else 1)
 
 
 @main.command("report")

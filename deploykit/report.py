@@ -61,7 +61,7 @@ def _as_list(x: Any) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def discover(run_dir: Path) -> tuple[dict | None, list[dict], list[dict], list[Path]]:
+def _discover(run_dir: Path) -> tuple[dict | None, list[dict], list[dict], list[Path]]:
     """summary.json, bench JSONs, parity JSONs and PNG pictures found directly in ``run_dir``."""
     summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else None
     benches, parities = [], []
@@ -77,6 +77,9 @@ def discover(run_dir: Path) -> tuple[dict | None, list[dict], list[dict], list[P
             parities.append(d)
     pictures = sorted(p for p in run_dir.glob("*.png") if p.is_file())
     return (summary if isinstance(summary, dict) else None), benches, parities, pictures
+
+
+discover = _discover  # public name (write_report's ``discover`` flag shadows it there)
 
 
 # -- formatting helpers --------------------------------------------------------
@@ -263,6 +266,33 @@ def latency_svg(series: list[dict], width: int = 1000) -> str:
     return "".join(parts)
 
 
+def _bench_tables(benches: list[dict]) -> str:
+    """Per bench JSON: what was timed (artifact, backend, threads) and the percentiles per batch and side."""
+    out = []
+    for b in benches:
+        rows = []
+        for row in b.get("results", []):
+            for side in ("model", "end_to_end", "torch"):
+                st = row.get(side)
+                if not isinstance(st, dict):
+                    continue
+                sp = row.get("speedup") if side == "torch" else None
+                rows.append([_e(row.get("batch")), _e(side.replace("_", "-")), _e(st.get("iterations")),
+                             *(_num(st.get(k), ".2f") for k in ("min_ms", "median_ms", "p90_ms", "p99_ms")),
+                             _num(st.get("throughput_ips"), ".1f"), f"{_num(sp, '.2f')}x" if sp is not None else "–"])
+        if not rows:
+            continue
+        extra = [f"backend {b.get('backend', 'onnxruntime')}", f"threads {b.get('threads') or 'default'}"]
+        if b.get("cuda_graph"):
+            extra.append("CUDA graphs")
+        if b.get("interrupted"):
+            extra.append("interrupted: partial")
+        out.append(f"<p>{_e(b.get('artifact', '?'))} ({_e(b.get('kind', ''))}; {_e(', '.join(extra))})</p>"
+                   + _table(["batch", "side", "runs", "min ms", "median ms", "p90 ms", "p99 ms", "images/s",
+                             "speedup"], rows, left=2))
+    return "".join(out)
+
+
 # -- error histogram -----------------------------------------------------------
 
 
@@ -398,6 +428,7 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
         else:
             body.append('<p class="note">Box: quartiles, thick line: median, whiskers: min–max, dots: runs.</p>')
         body.append(latency_svg(series))
+        body.append(_bench_tables(benches))
     else:
         body.append('<p class="note">No latency measurements found.</p>')
 
@@ -432,16 +463,19 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
 
 
 def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None, summary: dict | None = None,
-                 bench: dict | list[dict] | None = None, parity: dict | list[dict] | None = None) -> Path:
+                 bench: dict | list[dict] | None = None, parity: dict | list[dict] | None = None,
+                 discover: bool = True) -> Path:
     """Write the HTML report for ``run_dir`` to ``out_path`` (default ``run_dir/report.html``) atomically.
 
     ``summary``, ``bench`` and ``parity`` override what is found in ``run_dir`` (bench and
-    parity may be one dict or a list). Raises BadInput when ``run_dir`` is not a directory.
+    parity may be one dict or a list); with ``discover=False`` nothing is read from ``run_dir``
+    (``deploykit bench --report page.html``). Raises BadInput when ``run_dir`` is not a directory.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BadInput(expected_got("RUN_DIR", "an existing run directory (e.g. runs/demo)", str(run_dir)))
-    found_summary, found_bench, found_parity, pictures = discover(run_dir)
+    found_summary, found_bench, found_parity, pictures = (_discover(run_dir) if discover
+                                                          else (None, [], [], []))
     summary = summary if summary is not None else found_summary
     benches = [b for b in _as_list(bench) if isinstance(b, dict)] if bench is not None else found_bench
     parities = [p for p in _as_list(parity) if isinstance(p, dict)] if parity is not None else found_parity

@@ -34,6 +34,10 @@ def runner():
 
 def _check_stats(s: dict, runs: int) -> None:
     assert s["iterations"] == runs
+    samples = s["samples_ms"]  # every timed run, in ms, in the order run
+    assert len(samples) == runs and all(isinstance(x, float) and x > 0 for x in samples)
+    assert min(samples) == pytest.approx(s["min_ms"], abs=1e-3)
+    assert sum(samples) / runs == pytest.approx(s["mean_ms"], abs=1e-3)
     assert all(s[k] > 0 for k in STATS), s
     assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"]
     assert s["min_ms"] <= s["mean_ms"]
@@ -51,6 +55,7 @@ def test_json_structure_and_ordered_numbers(runner, detector, tmp_path):
     for row in data["results"]:
         _check_stats(row["model"], 3)
         assert "end_to_end" not in row and "torch" not in row and "speedup" not in row
+    assert data["backend"] == "onnxruntime"
 
 
 def test_end_to_end(runner, detector, tmp_path):
@@ -126,3 +131,63 @@ def test_partial_results_on_interrupt(detector, monkeypatch):
 def test_bench_module_imports_without_torch():
     code = "import sys, deploykit.bench, deploykit.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _self_contained(page: str) -> None:
+    low = page.lower()
+    assert "<script" not in low and "http://" not in low and "https://" not in low and "url(" not in low
+    for attr in ("src=", "href="):
+        for part in low.split(attr)[1:]:
+            assert part[1:].startswith("data:"), part[:60]  # only embedded data URIs
+
+
+def test_report_html_page(runner, detector, tmp_path):
+    page = tmp_path / "bench.html"
+    (tmp_path / "summary.json").write_text("{}")  # not read: a page for this bench alone
+    r = runner.invoke(main, ["bench", str(detector), "--batch", "1,2", "--iterations", "4", "--warmup", "0",
+                             "--threads", "1", "--end-to-end", "--report", str(page)])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {page}" in r.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["bench.html",
+                                                                                          "summary.json"]
+    html = page.read_text()
+    _self_contained(html)
+    assert html.count('aria-label="latency distribution"') == 1
+    chart = html.split('aria-label="latency distribution"', 1)[1].split("</svg>", 1)[0]
+    for label in ("onnxruntime model b1", "onnxruntime end-to-end b1", "onnxruntime model b2",
+                  "onnxruntime end-to-end b2"):
+        assert label in chart
+    assert chart.count("<circle") == 4 * 4  # one dot per timed run: 4 runs x 2 sides x 2 batches
+    assert chart.count("n=4") == 4  # the box plots, not the percentile bars
+    assert "images/s" in html and str(detector) in html
+
+
+def test_report_dir_keeps_bench_json(runner, detector, tmp_path):
+    run_dir = tmp_path / "run"
+    r = runner.invoke(main, ["bench", str(detector), "--iterations", "3", "--warmup", "0", "--report", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run_dir / f"bench_{detector.stem}.json").read_text())
+    _check_stats(saved["results"][0]["model"], 3)
+    html = (run_dir / "report.html").read_text()
+    _self_contained(html)
+    assert html.count("<circle") == 3
+    # `deploykit report` on the directory draws the same chart from the saved JSON
+    r = runner.invoke(main, ["report", str(run_dir), "-o", str(tmp_path / "again.html")])
+    assert r.exit_code == 0, r.output
+    again = (tmp_path / "again.html").read_text()
+    assert again.split("<h2>Latency", 1)[1].split("<h2>", 1)[0] == html.split("<h2>Latency", 1)[1].split("<h2>", 1)[0]
+
+
+@pytest.mark.parametrize("case", ["html-in-missing-dir", "dir-in-missing-dir", "existing-file", "dir-named-html"])
+def test_bad_report_path_exits_2_before_timing(runner, detector, tmp_path, monkeypatch, case):
+    import deploykit.bench as bench
+
+    target = {"html-in-missing-dir": tmp_path / "nope" / "r.html", "dir-in-missing-dir": tmp_path / "nope" / "run",
+              "existing-file": tmp_path / "notes.txt", "dir-named-html": tmp_path / "x.html"}[case]
+    if case == "existing-file":
+        target.write_text("x")
+    if case == "dir-named-html":
+        target.mkdir()
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("timed despite a bad --report"))
+    _one_line_error(runner.invoke(main, ["bench", str(detector), "--iterations", "1", "--report", str(target)]),
+                    "--report", str(target))
+    assert not (tmp_path / "nope").exists()

@@ -99,8 +99,8 @@ class Detector(OwnsSession):
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
-        self.session: Session = load(path, threads=threads, providers=providers)
+                 providers: list[str] | None = None, cuda_graph: bool = False) -> None:
+        self.session: Session = load(path, threads=threads, providers=providers, cuda_graph=cuda_graph)
         try:
             self._configure()
         except BaseException:

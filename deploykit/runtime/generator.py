@@ -70,8 +70,8 @@ class Generator(OwnsSession):
     (nearest, as the upstream loader).
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
-        self.session = load(path, threads=threads)
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, cuda_graph: bool = False):
+        self.session = load(path, threads=threads, cuda_graph=cuda_graph)
         manifest = self.session.manifest
         if not manifest:
             raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",

@@ -274,19 +274,22 @@ def _ort_spec(arg: Any, what: str) -> TensorSpec:
 
 
 def _load_onnxruntime(path: Path, manifest: dict[str, Any] | None, *, threads: int | None,
-                      providers: Sequence[str] | None) -> Session:
+                      providers: Sequence[str] | None, cuda_graph: bool = False) -> Session:
+    if cuda_graph:
+        raise BadInput(expected_got(f"cuda_graph for model {path}", "a TensorRT engine (.plan or .engine)",
+                                    f"{path.suffix!r}, run by ONNX Runtime"))
     return OnnxRuntimeSession(path, threads=threads, providers=providers, manifest=manifest)
 
 
 def _load_tensorrt(path: Path, manifest: dict[str, Any] | None, *, threads: int | None,
-                   providers: Sequence[str] | None) -> Session:
+                   providers: Sequence[str] | None, cuda_graph: bool = False) -> Session:
     """TensorRT backend (deploykit.runtime.tensorrt); one line naming what is missing without TensorRT/GPU."""
     from .tensorrt import TensorRTSession
 
-    return TensorRTSession(path, manifest=manifest)
+    return TensorRTSession(path, manifest=manifest, cuda_graph=cuda_graph)
 
 
-#: Backends by artifact suffix. A backend is ``(path, manifest, *, threads, providers) -> Session``.
+#: Backends by artifact suffix. A backend is ``(path, manifest, *, threads, providers, cuda_graph) -> Session``.
 BACKENDS: dict[str, Callable[..., Session]] = {
     ".onnx": _load_onnxruntime,
     ".plan": _load_tensorrt,
@@ -295,7 +298,7 @@ BACKENDS: dict[str, Callable[..., Session]] = {
 
 
 def load(path: str | os.PathLike, *, threads: int | None = None,
-         providers: list[str] | None = None) -> Session:
+         providers: list[str] | None = None, cuda_graph: bool = False) -> Session:
     """Open an artifact as a :class:`Session`, choosing the backend by suffix.
 
     Args:
@@ -304,6 +307,8 @@ def load(path: str | os.PathLike, *, threads: int | None = None,
             ONNX Runtime decide.
         providers: ONNX Runtime execution providers, best first. Default:
             TensorRT, then CUDA, then CPU, keeping only those installed.
+        cuda_graph: TensorRT engines only: replay inference as a captured CUDA
+            graph (docs/tensorrt.md); BadInput for an ``.onnx``.
 
     When ``model.json`` sits beside ``model.onnx`` it is read as the artifact's
     manifest (``Session.manifest``) and its sha256 must match the file.
@@ -319,4 +324,4 @@ def load(path: str | os.PathLike, *, threads: int | None = None,
         raise BadInput(expected_got(f"model {path}", f"a file ending in {' or '.join(BACKENDS)}",
                                     repr(path.suffix or "no suffix")))
     manifest = read_manifest(path) if manifest_path(path).is_file() else None
-    return backend(path, manifest, threads=threads, providers=providers)
+    return backend(path, manifest, threads=threads, providers=providers, cuda_graph=cuda_graph)

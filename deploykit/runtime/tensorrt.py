@@ -3,7 +3,8 @@
 Thin by design: deserialize the engine, one execution context per thread, device
 buffers allocated once per input shape and reused, pinned host buffers,
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3`` on a CUDA
-stream. CUDA goes through cuda-python (``cuda.bindings.runtime``): no torch.
+stream, optionally replayed as a CUDA graph (``cuda_graph=True``). CUDA goes
+through cuda-python (``cuda.bindings.runtime``): no torch.
 
 Everything that needs no GPU is a plain function tested on the CPU:
 :func:`profile_shapes`, :func:`buffer_nbytes`, :func:`check_compatible`,
@@ -16,6 +17,7 @@ import ctypes
 import importlib
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -196,10 +198,69 @@ class _Buffer:
         cudart.cudaFreeHost(self.host)
 
 
-class _Worker:
-    """One execution context, stream and buffer set: used by one thread at a time."""
+class _CudaGraph:
+    """One captured ``execute_async_v3`` of an execution context, replayed with ``cudaGraphLaunch``.
 
-    def __init__(self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    Valid for the input shapes and tensor addresses bound when it was captured: the owner
+    drops it (``destroy``) whenever either changes. cuda-python calls return ``(err, *values)``.
+    """
+
+    def __init__(self, context: Any, stream: Any) -> None:
+        """Capture one enqueue on ``stream`` (thread-local capture mode: other threads' CUDA calls are
+        unaffected). Raises RuntimeError when the engine cannot be captured; the stream is left
+        out of capture mode and nothing is leaked."""
+        from cuda.bindings import runtime as cudart
+
+        self.graph = self.exec = None
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+        try:
+            ok, why = bool(context.execute_async_v3(int(stream))), "execute_async_v3 returned false"
+        except Exception as e:  # noqa: BLE001 - any enqueue error means: not capturable
+            ok, why = False, f"execute_async_v3 raised {type(e).__name__}: {e}"
+        err, graph = cudart.cudaStreamEndCapture(stream)  # always: leaves capture mode
+        captured = _err_code(err) == 0 and graph is not None and int(graph) != 0
+        if not ok or not captured:
+            if captured:
+                cudart.cudaGraphDestroy(graph)
+            if ok:
+                why = f"cudaStreamEndCapture: {getattr(err, 'name', err)}"
+            raise RuntimeError(f"CUDA graph capture failed ({why})")
+        self.graph = graph
+        try:
+            self.exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except RuntimeError:
+            self.destroy()
+            raise
+
+    def launch(self, stream: Any) -> None:
+        from cuda.bindings import runtime as cudart
+
+        _check(cudart.cudaGraphLaunch(self.exec, stream), "cudaGraphLaunch")
+
+    def destroy(self) -> None:
+        from cuda.bindings import runtime as cudart
+
+        if self.exec is not None:
+            cudart.cudaGraphExecDestroy(self.exec)
+            self.exec = None
+        if self.graph is not None:
+            cudart.cudaGraphDestroy(self.graph)
+            self.graph = None
+
+
+class _Worker:
+    """One execution context, stream and buffer set: used by one thread at a time.
+
+    With ``cuda_graph``, the first run for a set of input shapes enqueues normally (TensorRT
+    does its deferred work: allocations, shape-dependent setup) and then captures one
+    ``execute_async_v3`` into a CUDA graph; later runs with the same shapes launch the graph.
+    New shapes (or reallocated buffers) drop the graph and capture again. When capture fails
+    the worker stops trying and ``on_capture_failure`` is called (the session warns once).
+    """
+
+    def __init__(self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], cuda_graph: bool = False,
+                 on_capture_failure: Any = None) -> None:
         from cuda.bindings import runtime as cudart
 
         self.context = engine.create_execution_context()
@@ -210,9 +271,33 @@ class _Worker:
         self.buffers: dict[str, _Buffer] = {}
         self.shapes: dict[str, tuple[int, ...]] | None = None  # input shapes the buffers are bound for
         self._shapes_cache: dict[str, tuple[int, ...]] = {}  # all I/O shapes for self.shapes
+        self.cuda_graph = cuda_graph
+        self.graph: _CudaGraph | None = None  # captured for self.shapes and the current buffers
+        self._on_capture_failure = on_capture_failure
+
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.destroy()
+            self.graph = None
+
+    def _execute(self) -> None:
+        """Enqueue the inference on the stream: plain, capture-then-plain, or graph launch."""
+        if self.graph is not None:
+            self.graph.launch(self.stream)
+            return
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        if self.cuda_graph:  # enqueued once for these shapes: now capture (recorded, not run)
+            try:
+                self.graph = _CudaGraph(self.context, self.stream)
+            except RuntimeError as e:
+                self.cuda_graph = False
+                if self._on_capture_failure is not None:
+                    self._on_capture_failure(e)
 
     def _bind(self, in_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """Set input shapes; (re)allocate buffers only when a shape changed; return all shapes."""
+        self._drop_graph()  # captured for other shapes or addresses
         for name, shape in in_shapes.items():
             if not self.context.set_input_shape(name, shape):
                 raise BadInput(expected_got(f"input {name!r}", "a shape within the engine's optimisation profile",
@@ -242,8 +327,7 @@ class _Worker:
             buf, array = self.buffers[spec.name], feed[spec.name]
             buf.host_array(array.shape, spec.dtype)[...] = array
             _check(cudart.cudaMemcpyAsync(buf.device, buf.host, array.nbytes, h2d, self.stream), "cudaMemcpyAsync")
-        if not self.context.execute_async_v3(int(self.stream)):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        self._execute()
         out = {}
         for spec in self.outputs:
             buf = self.buffers[spec.name]
@@ -257,6 +341,8 @@ class _Worker:
     def free(self) -> None:
         from cuda.bindings import runtime as cudart
 
+        cudart.cudaStreamSynchronize(self.stream)
+        self._drop_graph()
         for buf in self.buffers.values():
             buf.free(self.stream)
         self.buffers.clear()
@@ -274,10 +360,14 @@ class TensorRTSession(Session):
 
     A TensorRT execution context is not thread-safe: each calling thread gets
     its own context, CUDA stream and buffers (created on its first ``run``).
+
+    ``cuda_graph=True`` replays each context's inference as a CUDA graph captured on
+    its first run per input shape (less CPU launch overhead; see docs/tensorrt.md).
+    Engines that cannot be captured fall back to plain enqueue with one warning.
     """
 
     def __init__(self, path: str | os.PathLike, *, manifest: dict[str, Any] | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, cuda_graph: bool = False) -> None:
         path = Path(path)
         require(f"TensorRT engine {path}")
         import tensorrt as trt
@@ -305,6 +395,8 @@ class TensorRTSession(Session):
             (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         super().__init__(path, inputs, outputs, manifest)
         self._engine = engine
+        self.cuda_graph = bool(cuda_graph)
+        self.capture_failures: list[str] = []  # one entry per context whose capture failed
         self._local = threading.local()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -315,10 +407,19 @@ class TensorRTSession(Session):
             with self._lock:
                 if self._engine is None:
                     raise BadInput(expected_got(f"session {self.path.name}", "an open session", "closed"))
-                worker = _Worker(self._engine, self.inputs, self.outputs)
+                worker = _Worker(self._engine, self.inputs, self.outputs, cuda_graph=self.cuda_graph,
+                                 on_capture_failure=self._capture_failed)
                 self._workers.append(worker)
             self._local.worker = worker
         return worker
+
+    def _capture_failed(self, error: Exception) -> None:
+        with self._lock:
+            self.capture_failures.append(str(error))
+            first = len(self.capture_failures) == 1
+        if first:
+            warnings.warn(f"{self.path.name}: {error}; running without CUDA graphs (plain execute_async_v3)",
+                          RuntimeWarning, stacklevel=4)
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._worker().run({k: np.ascontiguousarray(v) for k, v in feed.items()})

@@ -455,14 +455,78 @@ class FakeCudart(types.ModuleType):
             ctypes.memmove(dst, src, n)
             return (0,)
 
+        import itertools
+        import threading
+
+        streams, handles = itertools.count(7), itertools.count(1000)
         self.cudaGetDeviceCount = lambda: (0, 1)
         self.cudaGetDeviceProperties = lambda dev: (0, types.SimpleNamespace(name=b"Fake GPU\0", major=8, minor=9))
-        self.cudaStreamCreate = lambda: (0, 7)
+        self.cudaStreamCreate = lambda: (0, next(streams))
         self.cudaMallocAsync, self.cudaMallocHost = alloc, alloc
         self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
         self.cudaMemcpyAsync = memcpy
         ok = lambda *a: (0,)  # noqa: E731
         self.cudaStreamSynchronize = self.cudaFreeAsync = self.cudaFreeHost = self.cudaStreamDestroy = ok
+
+        # CUDA graphs: a capturing stream records work instead of running it; a graph exec replays it
+        lock = threading.Lock()
+        self.graph_calls: list[tuple] = []  # (function name, handle or mode)
+        self.capturing: dict[int, list] = {}  # stream -> recorded work
+        self.graphs: dict[int, list] = {}  # live cudaGraph_t -> work
+        self.execs: dict[int, list] = {}  # live cudaGraphExec_t -> work
+        self.end_capture_error = False  # make cudaStreamEndCapture report an invalidated capture
+        self.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal="Global",
+                                                           cudaStreamCaptureModeThreadLocal="ThreadLocal",
+                                                           cudaStreamCaptureModeRelaxed="Relaxed")
+
+        def begin(stream, mode):
+            assert stream not in self.capturing, "capture begun twice on one stream"
+            with lock:
+                self.graph_calls.append(("cudaStreamBeginCapture", mode))
+                self.capturing[stream] = []
+            return (0,)
+
+        def end(stream):
+            with lock:
+                work = self.capturing.pop(stream)
+                self.graph_calls.append(("cudaStreamEndCapture", stream))
+                if self.end_capture_error:
+                    return types.SimpleNamespace(value=901, name="cudaErrorStreamCaptureInvalidated"), None
+                h = next(handles)
+                self.graphs[h] = work
+            return 0, h
+
+        def instantiate(graph, flags):
+            with lock:
+                h = next(handles)
+                self.execs[h] = self.graphs[graph]
+                self.graph_calls.append(("cudaGraphInstantiate", graph))
+            return 0, h
+
+        def launch(graph_exec, stream):
+            assert stream not in self.capturing
+            with lock:
+                self.graph_calls.append(("cudaGraphLaunch", graph_exec))
+                work = self.execs[graph_exec]
+            for fn in work:
+                fn()
+            return (0,)
+
+        def destroy(kind, table):
+            def fn(h):
+                with lock:
+                    self.graph_calls.append((kind, h))
+                    del table[h]  # KeyError on a double destroy
+                return (0,)
+            return fn
+
+        self.cudaStreamBeginCapture, self.cudaStreamEndCapture = begin, end
+        self.cudaGraphInstantiate, self.cudaGraphLaunch = instantiate, launch
+        self.cudaGraphExecDestroy = destroy("cudaGraphExecDestroy", self.execs)
+        self.cudaGraphDestroy = destroy("cudaGraphDestroy", self.graphs)
+
+    def count(self, name: str) -> int:
+        return sum(1 for c in self.graph_calls if c[0] == name)
 
 
 def add_fake_runtime(trt: FakeTRT) -> FakeTRT:
@@ -472,6 +536,8 @@ def add_fake_runtime(trt: FakeTRT) -> FakeTRT:
 
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     trt.contexts = []
+    trt.capturable = True  # False: execute_async_v3 fails while the stream is capturing
+    trt.plain_runs = 0  # execute_async_v3 calls that ran (not recorded into a graph)
 
     class Context:
         def __init__(self):
@@ -490,10 +556,21 @@ def add_fake_runtime(trt: FakeTRT) -> FakeTRT:
 
         def execute_async_v3(self, stream):
             self.threads.add(threading.get_ident())
-            n = int(np.prod(self.shape))
-            x = np.frombuffer((ctypes.c_float * n).from_address(self.addr["x"]), np.float32)
-            y = np.frombuffer((ctypes.c_float * n).from_address(self.addr["y"]), np.float32)
-            y[...] = x + 1
+            n, ax, ay = int(np.prod(self.shape)), self.addr["x"], self.addr["y"]  # fixed now, as in a graph
+
+            def work():
+                x = np.frombuffer((ctypes.c_float * n).from_address(ax), np.float32)
+                y = np.frombuffer((ctypes.c_float * n).from_address(ay), np.float32)
+                y[...] = x + 1
+
+            cudart = sys.modules["cuda.bindings.runtime"]
+            if stream in getattr(cudart, "capturing", {}):
+                if not trt.capturable:
+                    return False
+                cudart.capturing[stream].append(work)  # recorded, not run
+                return True
+            trt.plain_runs += 1
+            work()
             return True
 
     class Engine:
@@ -592,3 +669,103 @@ def test_session_refuses_other_version_gpu_and_corrupt_plan(fake_plan):
     with pytest.raises(BadInput) as info:
         load(plan)
     one_line(str(info.value), "m_trt.plan", "cannot deserialize")
+
+
+# -- CUDA graphs (stand-in cuda.bindings records capture, instantiate, launch, destroy) ----------
+
+
+def _x(batch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, 4)).astype(np.float32)
+
+
+def test_cuda_graph_captured_once_per_shape_then_launched(fake_plan):
+    plan, trt, cudart = fake_plan
+    session = load(plan, cuda_graph=True)
+    for i in range(4):  # new values each run: the replayed graph reads the current input buffer
+        x = _x(2, i)
+        np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+    assert [c[0] for c in cudart.graph_calls] == [
+        "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate",
+        "cudaGraphLaunch", "cudaGraphLaunch", "cudaGraphLaunch"]
+    assert cudart.graph_calls[0][1] == "ThreadLocal"  # other threads' CUDA calls stay legal during capture
+    assert trt.plain_runs == 1  # the first run enqueues once before capturing; the rest are graph launches
+    assert len(cudart.graphs) == len(cudart.execs) == 1
+    session.close()
+
+
+def test_cuda_graph_recaptured_when_the_shape_changes(fake_plan):
+    plan, trt, cudart = fake_plan
+    session = load(plan, cuda_graph=True)
+    for batch in (2, 2, 1, 1, 2):
+        x = _x(batch, batch)
+        np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)  # a stale graph would compute 2 rows
+    assert cudart.count("cudaStreamBeginCapture") == 3 and cudart.count("cudaGraphInstantiate") == 3
+    assert cudart.count("cudaGraphLaunch") == 2 and trt.plain_runs == 3
+    assert cudart.count("cudaGraphExecDestroy") == cudart.count("cudaGraphDestroy") == 2  # old ones freed
+    assert len(cudart.graphs) == len(cudart.execs) == 1
+    session.close()
+
+
+def test_cuda_graph_freed_on_close_and_per_thread(fake_plan, run_in_threads):
+    plan, trt, cudart = fake_plan
+    session = load(plan, cuda_graph=True)
+
+    def worker(t):
+        for i in range(5):
+            x = _x(1 + t % 2, 10 * t + i)
+            np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+
+    run_in_threads(worker, 3)
+    assert cudart.count("cudaStreamBeginCapture") == 3  # one context, stream and graph per thread
+    assert cudart.count("cudaGraphLaunch") == 3 * 4
+    assert len(cudart.execs) == 3
+    session.close()
+    assert cudart.graphs == {} and cudart.execs == {}  # every graph and exec destroyed
+    destroyed = [c for c in cudart.graph_calls if c[0].endswith("Destroy")]
+    assert len(destroyed) == 6
+    assert all(a[0] == "cudaGraphExecDestroy" and b[0] == "cudaGraphDestroy"
+               for a, b in zip(destroyed[::2], destroyed[1::2]))  # the exec before its graph
+
+
+@pytest.mark.parametrize("how", ["enqueue-fails", "end-capture-error"])
+def test_cuda_graph_capture_failure_falls_back_with_one_warning(fake_plan, how):
+    import warnings
+
+    plan, trt, cudart = fake_plan
+    if how == "enqueue-fails":
+        trt.capturable = False
+    else:
+        cudart.end_capture_error = True
+    session = load(plan, cuda_graph=True)
+    x = _x(2, 0)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*without CUDA graphs"):
+        np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        for batch in (2, 1, 2):
+            x = _x(batch, batch)
+            np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+    assert cudart.count("cudaStreamBeginCapture") == cudart.count("cudaStreamEndCapture") == 1  # not retried
+    assert cudart.capturing == {}  # the stream left capture mode
+    assert cudart.count("cudaGraphLaunch") == 0 and trt.plain_runs == 4
+    assert cudart.graphs == {} and cudart.execs == {}  # nothing leaked
+    assert len(session.capture_failures) == 1
+    session.close()
+
+
+def test_without_cuda_graph_no_capture(fake_plan):
+    plan, trt, cudart = fake_plan
+    session = load(plan)
+    for _ in range(3):
+        session.run({"x": _x(2, 0)})
+    assert cudart.graph_calls == [] and trt.plain_runs == 3
+    session.close()
+
+
+def test_cuda_graph_refused_for_onnx(tmp_path):
+    src = make_onnx(tmp_path)
+    with pytest.raises(BadInput) as info:
+        load(src, cuda_graph=True)
+    one_line(str(info.value), "cuda_graph", "TensorRT engine", "'.onnx'")
+    r = CliRunner().invoke(main, ["bench", str(src), "--cuda-graph", "--iterations", "1"])
+    assert r.exit_code == 2 and "--cuda-graph" in r.output and "TensorRT engine" in r.output
