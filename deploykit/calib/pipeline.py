@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import onnx
 
-from ..errors import BadInput, expected_got
+from ..errors import BadInput, CheckFailed, expected_got
 from ..fileio import atomic_path
 from ..manifest import read_manifest, write_manifest
 from .budget import Budget, meet_budget, parse_budget, temp_artifact
@@ -104,12 +104,14 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                 if result.moved:
                     onnx.save_model(result.model, str(staged))
             else:  # FP16: no search, the budget is a check
+                fp32_value = evaluate(source)
+                if not parsed.met(fp32_value):
+                    raise CheckFailed(f"accuracy budget {parsed} cannot be met even in FP32: the FP32 graph "
+                                      f"gives {parsed.metric} {fp32_value:.4g}")
                 value = evaluate(staged)
                 summary = {"spec": str(parsed), "meaning": parsed.describe(), "met": parsed.met(value),
                            "value": value, "moved_to_fp32": []}
                 if not summary["met"]:
-                    from ..errors import CheckFailed
-
                     raise CheckFailed(f"fp16 graph misses accuracy budget {parsed}: {parsed.metric} {value:.4g}")
             new = copy.deepcopy(new)
             new["precision"]["budget"] = summary

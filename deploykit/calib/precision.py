@@ -140,7 +140,7 @@ def _modelopt_quiet(verbose: bool):
         yield
         return
     loggers = [logging.getLogger(n) for n in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast",
-                                              "modelopt.onnx.quantization")]
+                                              "modelopt.onnx.quantization")] + [logging.getLogger()]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
