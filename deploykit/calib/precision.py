@@ -201,7 +201,42 @@ def _run_autocast(autocast, source: Path, tmpdir: Path, policy: Policy, feeds: d
                   data_max=data_max, providers=["cpu"])
     if calib is not None:
         kwargs["calibration_data"] = str(calib)
-    return autocast.convert_to_mixed_precision(str(source), **kwargs)
+    result = autocast.convert_to_mixed_precision(str(source), **kwargs)
+    return restore_dropped_casts(onnx.load(str(source)), result)
+
+
+def restore_dropped_casts(source: onnx.ModelProto, result: onnx.ModelProto) -> onnx.ModelProto:
+    """Put back Casts from bool/integer tensors that AutoCast removed as 'redundant'.
+
+    ModelOpt 0.47's cast clean-up drops ``Cast(bool -> float)`` in some graphs
+    (MobileNetV3's masked SE means: a mask cast to float and summed), leaving
+    ReduceSum reading a bool tensor -- an invalid graph. Each such Cast is
+    re-inserted before its first consumer with its original name and output.
+    """
+    inferred = onnx.shape_inference.infer_shapes(source)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.input)}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    present = {n.name for n in result.graph.node}
+    source_inputs = {n.name: list(n.input) for n in source.graph.node}
+    nodes = list(result.graph.node)
+    for cast in source.graph.node:
+        if cast.op_type != "Cast" or cast.name in present or types.get(cast.input[0]) in floats | {None}:
+            continue
+        first = None
+        for index, node in enumerate(nodes):
+            original = source_inputs.get(node.name)
+            if original is None:
+                continue
+            for k, name in enumerate(node.input):
+                if name == cast.input[0] and k < len(original) and original[k] == cast.output[0]:
+                    node.input[k] = cast.output[0]
+                    first = index if first is None else first
+        if first is not None:
+            nodes.insert(first, copy.deepcopy(cast))
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    return result
 
 
 def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feeds: dict[str, np.ndarray],

@@ -196,3 +196,28 @@ def test_converted_graph_is_not_converted_again(det_int8, detector_feeds, tmp_pa
     with pytest.raises(BadInput, match="an fp32 graph"):
         convert(out, tmp_path / "again.onnx", "int8", feeds=detector_feeds)
     assert json.loads(out.with_suffix(".json").read_text())["precision"]["mode"] == "int8"
+
+
+def test_restore_casts_autocast_dropped():
+    """ModelOpt 0.47 can drop Cast(bool->float) before ReduceSum; deploykit puts it back."""
+    from onnx import TensorProto, helper
+
+    from deploykit.calib.precision import restore_dropped_casts
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["mask"], ["maskf"], name="cast", to=TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["maskf"], ["count"], name="sum", keepdims=0)],
+        "g", [helper.make_tensor_value_info("mask", TensorProto.BOOL, [2, 3])],
+        [helper.make_tensor_value_info("count", TensorProto.FLOAT, [])])
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    broken = onnx.ModelProto()
+    broken.CopyFrom(source)
+    del broken.graph.node[0]
+    broken.graph.node[0].input[0] = "mask"  # what AutoCast left behind
+    with pytest.raises(Exception):
+        onnx.checker.check_model(broken, full_check=True)
+    fixed = restore_dropped_casts(source, broken)
+    onnx.checker.check_model(fixed, full_check=True)
+    mask = np.array([[True, False, True], [True, True, False]])
+    session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"mask": mask})[0] == 4.0
