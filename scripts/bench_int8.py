@@ -49,7 +49,6 @@ MODELS = {
     "resnet50": ("fasterrcnn_resnet50_fpn", 800, 8),
     "spade": ("spade_coco", 256, 8),
 }
-VARIANTS = ("fp32", "int8", "int8_lowered")
 
 
 # ----------------------------------------------------------------------------- export
@@ -112,22 +111,40 @@ def feeds(key: str, manifest: dict, n: int, split: str) -> list[dict[str, np.nda
 # ----------------------------------------------------------------------------- quantize
 
 
-def quantize_modelopt(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]]) -> Path:
+def quantize_modelopt(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]],
+                      op_types: tuple[str, ...] = ("Conv", "Gemm")) -> Path:
     from modelopt.onnx.quantization import quantize
 
     model = onnx.load(str(fp32), load_external_data=False)
     exclude = [n.name for n in model.graph.node
                if n.op_type in ("Conv", "Gemm") and any("bbox_pred" in i for i in n.input)]
+    if "Add" in op_types:  # only residual Adds: ModelOpt would also quantize box decoding arithmetic
+        residual = set(residual_adds(model))
+        exclude += [n.name for n in model.graph.node if n.op_type == "Add" and n.name not in residual]
     data = {k: np.concatenate([f[k] for f in calib]) for k in calib[0]}
     large = fp32.stat().st_size > 1.8e9
     with tempfile.TemporaryDirectory() as d:
         copy = Path(d) / fp32.name  # quantize() modifies its input file in place
         shutil.copy(fp32, copy)
+        tmp_out = Path(d) / out.name  # and writes intermediate files beside its output
         quantize(str(copy), quantize_mode="int8", calibration_data=data, calibration_method="entropy",
-                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(out),
-                 op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=exclude, log_level="WARNING",
+                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(tmp_out),
+                 op_types_to_quantize=list(op_types), nodes_to_exclude=exclude, log_level="WARNING",
                  use_external_data_format=large)
+        shutil.move(tmp_out, out)
     return out
+
+
+def residual_adds(model: onnx.ModelProto) -> list[str]:
+    """Add nodes of residual blocks: one input straight from a Conv, every consumer a Relu."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    return [n.name for n in model.graph.node
+            if n.op_type == "Add" and any(producer.get(i) is not None and producer[i].op_type == "Conv" for i in n.input)
+            and consumers[n.output[0]] and all(c.op_type == "Relu" for c in consumers[n.output[0]])]
 
 
 def lower(int8: Path, out: Path) -> int:
@@ -252,13 +269,22 @@ def run_model(key: str, args, workdir: Path) -> dict:
     fp32 = Path(given[key]) if key in given else export_fp32(key, workdir / f"{key}_fp32.onnx")
     manifest = manifest_of(fp32)
     n_calib = args.calib or MODELS[key][2]
-    int8 = quantize_modelopt(fp32, workdir / f"{key}_int8.onnx", feeds(key, manifest, n_calib, "calib"))
+    calib = feeds(key, manifest, n_calib, "calib")
+    int8 = quantize_modelopt(fp32, workdir / f"{key}_int8.onnx", calib)
     lowered = workdir / f"{key}_int8_lowered.onnx"
     pairs = lower(int8, lowered)
     paths = {"fp32": fp32, "int8": int8, "int8_lowered": lowered}
+    if args.residual_add and residual_adds(onnx.load(str(fp32), load_external_data=False)):
+        # ModelOpt's own Q/DQ on residual Add inputs (calibrated scales), then the same exact lowering:
+        # conv3 -> Q (fused QLinearConv) and DQ,DQ -> Add -> Q (QLinearAdd). Not exact vs "int8".
+        int8r = quantize_modelopt(fp32, workdir / f"{key}_int8res.onnx", calib, op_types=("Conv", "Gemm", "Add"))
+        lowered_r = workdir / f"{key}_int8res_lowered.onnx"
+        pairs_r = lower(int8r, lowered_r)
+        paths.update({"int8res": int8r, "int8res_lowered": lowered_r})
     if key != "spade":
-        write_manifest(fp32, int8, "int8")
-        write_manifest(fp32, lowered, "int8")
+        for k, p in paths.items():
+            if k != "fp32":
+                write_manifest(fp32, p, "int8")
     prep_s = time.perf_counter() - t0
     res: dict = {"model": MODELS[key][0], "canvas": MODELS[key][1], "inserted_qdq_pairs": pairs,
                  "prepare_s": round(prep_s, 1)}
@@ -269,6 +295,12 @@ def run_model(key: str, args, workdir: Path) -> dict:
                                                      "QuantizeLinear", "DequantizeLinear") if ops[op]}
     heldout = feeds(key, manifest, args.exact_n, "heldout")
     res["exactness"] = exactness(int8, lowered, heldout, args.threads)
+    if "int8res" in paths:
+        res["inserted_qdq_pairs_res"] = pairs_r
+        res["exactness_res"] = exactness(paths["int8res"], paths["int8res_lowered"], heldout, args.threads)
+        ref = session(int8, args.threads).run(None, heldout[0])
+        res["diff_vs_int8"] = {k: max_abs_diff(ref, session(paths[k], args.threads).run(None, heldout[0]))
+                               for k in ("int8res", "int8res_lowered")}
     feed = heldout[0]
     blocks = args.blocks if args.blocks else (4 if key == "resnet50" else 8)
     per_block = args.per_block if args.per_block else (2 if key == "resnet50" else 5)
@@ -290,14 +322,18 @@ def print_result(r: dict) -> None:
     print(f"\n== {r['model']} {r['canvas']}x{r['canvas']}: {r['inserted_qdq_pairs']} Q/DQ pairs inserted "
           f"(prepare {r['prepare_s']} s, total {r['total_s']} s)")
     print(f"  {'variant':<14}{'median ms':>10}{'FP32/x':>8}   ORT kernels")
-    for k in VARIANTS:
+    for k in r["median_ms"]:
         kern = ", ".join(f"{op} {n}" for op, n in r["kernels"][k].items())
         print(f"  {k:<14}{r['median_ms'][k]:>10.1f}{r['speedup_vs_fp32'][k]:>8.2f}   {kern}")
-    for label, e in r["exactness"].items():
-        print(f"  int8 vs lowered ({label}): {e['identical']}/{e['n']} inputs bit-identical, "
-              f"max abs diff {e['max_abs_diff']:.4g}")
+    for name, ex in (("int8 vs int8_lowered", r["exactness"]), ("int8res vs int8res_lowered", r.get("exactness_res"))):
+        for label, e in (ex or {}).items():
+            print(f"  {name} ({label}): {e['identical']}/{e['n']} inputs bit-identical, "
+                  f"max abs diff {e['max_abs_diff']:.4g}")
+    if "inserted_qdq_pairs_res" in r:
+        print(f"  int8res: ModelOpt with residual Adds quantized; lowering inserted {r['inserted_qdq_pairs_res']} pairs; "
+              "max abs output diff vs int8: " + ", ".join(f"{k} {v:.4g}" for k, v in r["diff_vs_int8"].items()))
     if "profile" in r:
-        for k in VARIANTS:
+        for k in r["profile"]:
             p = r["profile"][k]
             top = ", ".join(f"{op} {s:.1f}%" for op, s in p["shares"][:8])
             print(f"  profile {k:<13} {p['kernel_ms']:.1f} ms/run: {top}")
@@ -318,6 +354,8 @@ def main() -> None:
     ap.add_argument("--exact-n", type=int, default=3, help="held-out inputs for the exactness check")
     ap.add_argument("--profile", action="store_true", help="per-op-type kernel time shares")
     ap.add_argument("--map", type=int, default=0, help="demo detector mAP on this many held-out images")
+    ap.add_argument("--residual-add", action=argparse.BooleanOptionalAction, default=True,
+                    help="also ModelOpt with residual Adds quantized (+ lowering) where the model has them")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
     keys = [k.strip() for k in args.models.split(",") if k.strip()]

@@ -58,6 +58,7 @@ class _Graph:
                 if i:
                     self.consumers[i].append(n)
         self.outputs = {o.name for o in g.output}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.elem_type: dict[str, int] = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             if vi.type.HasField("tensor_type"):
@@ -170,11 +171,47 @@ def _downstream_quantizers(gr: _Graph, start: str) -> list[onnx.NodeProto] | Non
     return found
 
 
+def _dedicated_qdq(gr: _Graph, node: onnx.NodeProto, k: int, base: str) -> list[onnx.NodeProto]:
+    """If ``node.input[k]`` comes from a per-tensor ``Q -> DQ`` pair whose DQ output also feeds
+    other nodes, rewire ``node`` to a private copy of the pair and return the two new nodes.
+
+    The copies carry an explicit ``axis=1`` (the default, meaningless for a per-tensor scale):
+    otherwise ORT's common-subexpression elimination merges them back into the shared pair.
+    """
+    t = node.input[k]
+    dq = gr.producer.get(t)
+    if dq is None or dq.op_type != "DequantizeLinear" or len(gr.consumers[t]) < 2 or _attr(dq, "axis") is not None:
+        return []
+    q = gr.producer.get(dq.input[0])
+    if q is None or q.op_type != "QuantizeLinear" or _attr(q, "axis") is not None:
+        return []
+    scale = gr.const(dq.input[1])
+    if scale is None or scale.size != 1 or gr.opset < 13:
+        return []
+    q2 = onnx.NodeProto()
+    q2.CopyFrom(q)
+    q2.name = f"{q.name or q.output[0]}_for_{base}"
+    q2.output[0] = f"{q.output[0]}_for_{base}"
+    q2.attribute.append(helper.make_attribute("axis", 1))
+    dq2 = onnx.NodeProto()
+    dq2.CopyFrom(dq)
+    dq2.name = f"{dq.name or t}_for_{base}"
+    dq2.input[0] = q2.output[0]
+    dq2.output[0] = f"{t}_for_{base}"
+    dq2.attribute.append(helper.make_attribute("axis", 1))
+    gr.consumers[t].remove(node)
+    node.input[k] = dq2.output[0]
+    return [q2, dq2]
+
+
 def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Return a copy of ``model`` with ``Q -> DQ`` inserted after every quantized Conv/Gemm
-    (inputs from DequantizeLinear) whose output reaches only same-scale, zero-point-0
+    """Return a copy of ``model`` with ``Q -> DQ`` inserted after every quantized Conv/Gemm/MatMul
+    (inputs from DequantizeLinear; also an Add whose two inputs both come from DequantizeLinear,
+    which ORT then fuses into QLinearAdd) whose output reaches only same-scale, zero-point-0
     QuantizeLinear nodes through commuting ops (see the module docstring), and the number
-    of pairs inserted. Outputs are unchanged; ONNX Runtime can then fuse QLinearConv/QGemm.
+    of pairs inserted. A DequantizeLinear that such a node shares with other consumers is
+    duplicated (same inputs) so ORT's node-unit fusion applies. Outputs are unchanged; ONNX
+    Runtime can then fuse QLinearConv/QGemm/QLinearAdd.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -184,9 +221,9 @@ def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     new_inits: list[onnx.TensorProto] = []
     count = 0
     for idx, node in enumerate(g.node):
-        if node.op_type not in _QUANTIZED or len(node.output) != 1:
+        if node.op_type not in _QUANTIZED and node.op_type != "Add" or len(node.output) != 1:
             continue
-        if not (_is_dq_output(gr, node.input[0]) and _is_dq_output(gr, node.input[1])):
+        if not (len(node.input) >= 2 and _is_dq_output(gr, node.input[0]) and _is_dq_output(gr, node.input[1])):
             continue
         y = node.output[0]
         if gr.elem_type.get(y, TensorProto.FLOAT) not in _FLOAT_TYPES:
@@ -220,11 +257,77 @@ def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                     c.input[k] = ydq
         new_nodes[idx] = [qnode, dqnode]
         count += 1
+        # ORT only fuses a node unit whose activation Q -> DQ pair feeds nothing else (on x86 it
+        # also rewrites that pair to uint8 first); ModelOpt shares the pair between a residual
+        # block's first Conv and its Add. Give this node its own copy of the pair.
+        dup = _dedicated_qdq(gr, node, 0, base)
+        if dup:
+            new_nodes.setdefault(-1 - idx, []).extend(dup)
     if count:
         nodes = list(g.node)
         del g.node[:]
         for idx, n in enumerate(nodes):
+            g.node.extend(new_nodes.get(-1 - idx, []))  # dedicated DQ copies go before their consumer
             g.node.append(n)
             g.node.extend(new_nodes.get(idx, []))
         g.initializer.extend(new_inits)
     return out, count
+
+
+def float_inputs_of_half_quantized_adds(model: onnx.ModelProto) -> list[str]:
+    """Float tensors that enter an ``Add`` whose other input comes from DequantizeLinear, when
+    the float tensor is the output of a quantized Conv/Gemm (typically ResNet's residual Add:
+    ModelOpt quantizes only the shortcut input so TensorRT can fuse Conv + Add). Giving those
+    a Q/DQ (see :func:`insert_qdq`) lets ONNX Runtime run QLinearConv -> QLinearAdd."""
+    gr = _Graph(model)
+    names: list[str] = []
+    for n in model.graph.node:
+        if n.op_type != "Add" or len(n.input) != 2:
+            continue
+        dq = [_is_dq_output(gr, i) for i in n.input]
+        if sum(dq) != 1:
+            continue
+        t = n.input[dq.index(False)]
+        p = gr.producer.get(t)
+        if (p is not None and p.op_type in _QUANTIZED and len(gr.consumers[t]) == 1 and t not in gr.outputs
+                and _is_dq_output(gr, p.input[0]) and _is_dq_output(gr, p.input[1])):
+            names.append(t)
+    return names
+
+
+def insert_qdq(model: onnx.ModelProto, scales: dict[str, float],
+               zero_point_dtype=np.int8) -> tuple[onnx.ModelProto, int]:
+    """Copy of ``model`` with ``Q(s) -> DQ(s)`` (zero point 0) on each named tensor.
+
+    NOT exact: this adds quantization error wherever ``scales`` says (the scales come from a
+    calibration). Returns the model and the number of pairs inserted.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    gr = _Graph(out)
+    g = out.graph
+    after: dict[str, list[onnx.NodeProto]] = {}
+    inits: list[onnx.TensorProto] = []
+    for t, scale in scales.items():
+        base = f"{t}_ortcal"
+        s_name, z_name = f"{base}_scale", f"{base}_zero_point"
+        inits.append(numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), s_name))
+        inits.append(numpy_helper.from_array(np.zeros((), zero_point_dtype), z_name))
+        tq, tdq = f"{base}_q", f"{base}_dq"
+        for c in gr.consumers[t]:
+            for k, i in enumerate(c.input):
+                if i == t:
+                    c.input[k] = tdq
+        after[t] = [helper.make_node("QuantizeLinear", [t, s_name, z_name], [tq], name=f"{base}_QuantizeLinear"),
+                    helper.make_node("DequantizeLinear", [tq, s_name, z_name], [tdq], name=f"{base}_DequantizeLinear")]
+    nodes = list(g.node)
+    del g.node[:]
+    for t in list(after):  # graph inputs / initializers first
+        if t not in gr.producer:
+            g.node.extend(after.pop(t))
+    for n in nodes:
+        g.node.append(n)
+        for o in n.output:
+            g.node.extend(after.pop(o, []))
+    g.initializer.extend(inits)
+    return out, len(scales)

@@ -222,3 +222,46 @@ def test_constant_mask_and_nonzero_zero_point():
         return b.node("DequantizeLinear", [b.node("QuantizeLinear", [b.node("Relu", [y]), s, z]), s, z])
 
     assert add_output_qdq(_single_conv_then(asym_tail))[1] == 0
+
+
+def shared_input_model() -> onnx.ModelProto:
+    """The block input's Q/DQ pair feeds both a Conv and a (float) residual Add, as in ModelOpt's
+    ResNet graphs: ORT fuses the Conv only if it gets a private Q/DQ copy."""
+    b = _Builder()
+    x = b.qdq("x", S_IN)
+    y = b.qdq(b.node("Relu", [b.conv(x, 8, 8)]), S_MID)
+    y = b.node("Add", [b.conv(y, 8, 8), x])
+    b.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    return b.model([_image_input()], [("y", [1, 8, 16, 16])])
+
+
+def test_shared_input_pair_is_duplicated(tmp_path):
+    model = shared_input_model()
+    lowered, count = add_output_qdq(model)
+    assert count == 1
+    assert _optimized_ops(lowered, tmp_path)["QLinearConv"] == 1
+    ref = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    low = _session(lowered, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    for x in _inputs((1, 8, 16, 16)):
+        np.testing.assert_array_equal(low.run(None, {"x": x})[0], ref.run(None, {"x": x})[0])
+
+
+def test_add_with_quantized_inputs_becomes_qlinearadd(tmp_path):
+    """Residual Add with both inputs quantized (ModelOpt with "Add" in op_types_to_quantize)
+    followed by Relu -> Q: the output Q/DQ is inserted after the Add as well."""
+    b = _Builder()
+    x = b.qdq("x", S_IN)
+    y = b.qdq(b.node("Relu", [b.conv(x, 8, 8)]), S_MID)
+    y = b.node("Add", [b.qdq(b.conv(y, 8, 8), S_MID), x])
+    y = b.qdq(b.node("Relu", [y]), S_MID)
+    out = b.conv(y, 8, 4)
+    b.nodes.append(helper.make_node("Identity", [out], ["y"], name="out"))
+    model = b.model([_image_input()], [("y", [1, 4, 16, 16])])
+    lowered, count = add_output_qdq(model)
+    assert count == 2  # first Conv, and the Add
+    ops = _optimized_ops(lowered, tmp_path)
+    assert ops["QLinearAdd"] == 1 and ops["QLinearConv"] == 2  # the last Conv has a float output
+    ref = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    low = _session(lowered, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    for x in _inputs((1, 8, 16, 16)):
+        np.testing.assert_array_equal(low.run(None, {"x": x})[0], ref.run(None, {"x": x})[0])
