@@ -130,8 +130,6 @@ def _quant_params(gr: _Graph, q: onnx.NodeProto) -> tuple[float, np.ndarray] | N
             return None
     else:
         zp = np.zeros((), np.uint8)  # ONNX default: uint8, zero point 0
-    if _attr(q, "saturate", 1) != 1 and zp.dtype not in (np.int8, np.uint8, np.int16, np.uint16):
-        return None
     return float(scale.reshape(())), zp
 
 
@@ -209,8 +207,8 @@ def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     (inputs from DequantizeLinear; also an Add whose two inputs both come from DequantizeLinear,
     which ORT then fuses into QLinearAdd) whose output reaches only same-scale, zero-point-0
     QuantizeLinear nodes through commuting ops (see the module docstring), and the number
-    of pairs inserted. A DequantizeLinear that such a node shares with other consumers is
-    duplicated (same inputs) so ORT's node-unit fusion applies. Outputs are unchanged; ONNX
+    of pairs inserted. An input Q -> DQ pair that such a node shares with other consumers is
+    duplicated for it (not counted), so ORT's node-unit fusion applies. Outputs are unchanged; ONNX
     Runtime can then fuse QLinearConv/QGemm/QLinearAdd.
     """
     out = onnx.ModelProto()
@@ -273,61 +271,3 @@ def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         g.initializer.extend(new_inits)
     return out, count
 
-
-def float_inputs_of_half_quantized_adds(model: onnx.ModelProto) -> list[str]:
-    """Float tensors that enter an ``Add`` whose other input comes from DequantizeLinear, when
-    the float tensor is the output of a quantized Conv/Gemm (typically ResNet's residual Add:
-    ModelOpt quantizes only the shortcut input so TensorRT can fuse Conv + Add). Giving those
-    a Q/DQ (see :func:`insert_qdq`) lets ONNX Runtime run QLinearConv -> QLinearAdd."""
-    gr = _Graph(model)
-    names: list[str] = []
-    for n in model.graph.node:
-        if n.op_type != "Add" or len(n.input) != 2:
-            continue
-        dq = [_is_dq_output(gr, i) for i in n.input]
-        if sum(dq) != 1:
-            continue
-        t = n.input[dq.index(False)]
-        p = gr.producer.get(t)
-        if (p is not None and p.op_type in _QUANTIZED and len(gr.consumers[t]) == 1 and t not in gr.outputs
-                and _is_dq_output(gr, p.input[0]) and _is_dq_output(gr, p.input[1])):
-            names.append(t)
-    return names
-
-
-def insert_qdq(model: onnx.ModelProto, scales: dict[str, float],
-               zero_point_dtype=np.int8) -> tuple[onnx.ModelProto, int]:
-    """Copy of ``model`` with ``Q(s) -> DQ(s)`` (zero point 0) on each named tensor.
-
-    NOT exact: this adds quantization error wherever ``scales`` says (the scales come from a
-    calibration). Returns the model and the number of pairs inserted.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    gr = _Graph(out)
-    g = out.graph
-    after: dict[str, list[onnx.NodeProto]] = {}
-    inits: list[onnx.TensorProto] = []
-    for t, scale in scales.items():
-        base = f"{t}_ortcal"
-        s_name, z_name = f"{base}_scale", f"{base}_zero_point"
-        inits.append(numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), s_name))
-        inits.append(numpy_helper.from_array(np.zeros((), zero_point_dtype), z_name))
-        tq, tdq = f"{base}_q", f"{base}_dq"
-        for c in gr.consumers[t]:
-            for k, i in enumerate(c.input):
-                if i == t:
-                    c.input[k] = tdq
-        after[t] = [helper.make_node("QuantizeLinear", [t, s_name, z_name], [tq], name=f"{base}_QuantizeLinear"),
-                    helper.make_node("DequantizeLinear", [tq, s_name, z_name], [tdq], name=f"{base}_DequantizeLinear")]
-    nodes = list(g.node)
-    del g.node[:]
-    for t in list(after):  # graph inputs / initializers first
-        if t not in gr.producer:
-            g.node.extend(after.pop(t))
-    for n in nodes:
-        g.node.append(n)
-        for o in n.output:
-            g.node.extend(after.pop(o, []))
-    g.initializer.extend(inits)
-    return out, len(scales)
