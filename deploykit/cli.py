@@ -197,11 +197,14 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
 @click.option("--low-memory", is_flag=True,
               help="INT8: calibrate node by node (slower; memory no longer grows with every activation of every "
                    "sample -- resnet50_fpn at 800x800 needs ~20 GB for 8 samples without it).")
+@click.option("--ort-lowering", is_flag=True,
+              help="INT8: add exact output Q/DQ pairs after Convs/Gemms (same scale as the next quantizer) so "
+                   "ONNX Runtime's CPU kernels run integer convolutions (QLinearConv); see docs/ort_int8.md.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @_fail_cleanly
 def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, eval_data, eval_samples,
-                 calibration_cache, low_memory, threads, quiet):
+                 calibration_cache, low_memory, ort_lowering, threads, quiet):
     """Write SOURCE (an FP32 .onnx from `deploykit export`) in FP16 or INT8 for TensorRT 11.
 
     \b
@@ -224,6 +227,7 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
     manifest = quantize_artifact(source, out, precision, calib=calib, samples=samples, seed=seed, method=method,
                                  budget=budget, eval_data=eval_data, eval_samples=eval_samples,
                                  calibration_cache=calibration_cache, threads=threads, low_memory=low_memory,
+                                 ort_lowering=ort_lowering,
                                  progress=not quiet,
                                  log=progress)
     p = manifest["precision"]

@@ -65,7 +65,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                       method: str = "entropy", budget: str | None = None,
                       eval_data: str | os.PathLike | None = None, eval_samples: int | None = None,
                       calibration_cache: str | os.PathLike | None = None, threads: int | None = None,
-                      low_memory: bool = False, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      low_memory: bool = False, ort_lowering: bool = False, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Convert the FP32 artifact ``source`` to ``precision`` and write ``out`` (+ manifest).
 
     With ``budget`` (e.g. ``"map-drop=0.5"``), the result is evaluated against
@@ -81,6 +81,8 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
     parsed = parse_budget(budget, manifest.get("kind")) if budget else None
     if parsed is not None and precision == "fp32":
         raise BadInput(expected_got("--accuracy-budget", "an fp16 or int8 --precision", "fp32"))
+    if ort_lowering and precision != "int8":
+        raise BadInput(expected_got("--ort-lowering", "--precision int8", precision))
     if calibration_cache and precision != "int8":
         raise BadInput(expected_got("--calibration-cache", "--precision int8", precision))
     feeds, description = None, None
@@ -121,6 +123,8 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                 new["precision"]["kept_high_precision"] = sorted(set(new["precision"]["kept_high_precision"]) | moved)
                 new["precision"]["low_precision_nodes"] -= len(moved)
             write_manifest(staged, new)
+        if ort_lowering:
+            _lower_for_ort(staged, parsed, evaluate if parsed is not None else None, say)
         if calibration_cache:
             from .cache import write_calibration_cache
 
@@ -128,6 +132,32 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
             say(f"wrote {calibration_cache} ({count} tensors)")
         _publish(staged, out)
     return read_manifest(out)
+
+
+def _lower_for_ort(staged: Path, budget: Budget | None, evaluate: Callable[[Any], float] | None,
+                   say: Callable[[str], None]) -> None:
+    """Add the exact output Q/DQ pairs that let ONNX Runtime's CPU kernels run INT8 convolutions.
+
+    The rewrite is exact under reference arithmetic, but ORT's fused integer
+    kernels round requantization differently from float Conv + Q, so with a
+    budget the lowered graph is evaluated again and must still meet it.
+    """
+    from .ort_lowering import add_output_qdq
+
+    manifest = json.loads(staged.with_suffix(".json").read_text())
+    lowered, count = add_output_qdq(onnx.load(str(staged)))
+    say(f"ONNX Runtime lowering: {count} output Q/DQ pair(s) added")
+    record: dict[str, Any] = {"output_qdq_pairs": count}
+    if budget is not None and evaluate is not None and count:
+        value = float(evaluate(lowered))
+        record["budget_value"] = value
+        if not budget.met(value):
+            raise CheckFailed(f"the ONNX Runtime-lowered INT8 graph misses accuracy budget {budget}: "
+                              f"{budget.metric} {value:.4g} (ORT's integer kernels round differently); "
+                              "drop --ort-lowering")
+    onnx.save_model(lowered, str(staged))
+    manifest["precision"]["ort_lowering"] = record
+    write_manifest(staged, manifest)
 
 
 def _publish(staged: Path, out: Path) -> None:

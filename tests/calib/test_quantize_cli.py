@@ -146,3 +146,22 @@ def test_fp16_cli_and_manifest(demo_detector_onnx, tmp_path):
     p = read_manifest(out)["precision"]
     assert p["mode"] == "fp16" and p["keep_io_types"] and p["source"]["file"] == "../src/det.onnx"
     assert p["calibration"]["samples"] == 4
+
+
+def test_ort_lowering_flag(demo_detector_onnx, tmp_path):
+    out = tmp_path / "low.onnx"
+    r = _quantize(demo_detector_onnx, "-o", out, "--precision", "int8", "--samples", 4, "--ort-lowering",
+                  "--accuracy-budget", "map-drop=5", "--eval-samples", 8)
+    assert r.exit_code == 0, r.output
+    p = read_manifest(out)["precision"]
+    assert p["ort_lowering"]["output_qdq_pairs"] > 5
+    assert p["ort_lowering"]["budget_value"] <= 5
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused.count("QLinearConv") >= 5
+    r = _quantize(demo_detector_onnx, "-o", tmp_path / "f.onnx", "--precision", "fp16", "--ort-lowering")
+    _one_line(r, 2, "--ort-lowering", "--precision int8")
