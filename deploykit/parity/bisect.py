@@ -494,12 +494,9 @@ def run_bisect(artifact: str | os.PathLike, against: str | os.PathLike | None = 
     """
     from ..manifest import manifest_path, read_manifest
 
-    artifact = Path(artifact)
-    if artifact.suffix.lower() != ".onnx":
-        raise BadInput(expected_got(f"artifact {artifact}", "an .onnx file (--bisect runs ONNX Runtime)",
-                                    repr(artifact.suffix or "no suffix")))
-    if not artifact.is_file():
-        raise BadInput(expected_got(f"artifact {artifact}", "an existing file", "no such file"))
+    from .run import require_onnx_file
+
+    artifact = require_onnx_file(artifact, "an .onnx file (--bisect runs ONNX Runtime)")
     if samples < 1:
         raise BadInput(expected_got("--samples", "a positive int", samples))
     for name, v in (("--rtol", rtol), ("--atol", atol)):

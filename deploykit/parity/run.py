@@ -239,6 +239,16 @@ def _generator_parity(artifact: Path, manifest: dict, model, label_maps_dir, ins
 
 # -- entry point --------------------------------------------------------------
 
+def require_onnx_file(artifact, expected: str = "an .onnx file") -> Path:
+    """``artifact`` as a Path, or BadInput when it is not an existing ``.onnx`` file."""
+    artifact = Path(artifact)
+    if artifact.suffix.lower() != ".onnx":
+        raise BadInput(expected_got(f"artifact {artifact}", expected, repr(artifact.suffix or "no suffix")))
+    if not artifact.is_file():
+        raise BadInput(expected_got(f"artifact {artifact}", "an existing file", "no such file"))
+    return artifact
+
+
 def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None = None,
                label_maps_dir: str | os.PathLike | None = None, instances_dir: str | os.PathLike | None = None,
                threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -249,12 +259,7 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
     from .. import models
     from ..manifest import read_manifest
 
-    artifact = Path(artifact)
-    if artifact.suffix.lower() != ".onnx":
-        raise BadInput(expected_got(f"artifact {artifact}", "an .onnx file (TensorRT plans: not yet supported)",
-                                    repr(artifact.suffix or "no suffix")))
-    if not artifact.is_file():
-        raise BadInput(expected_got(f"artifact {artifact}", "an existing file", "no such file"))
+    artifact = require_onnx_file(artifact, "an .onnx file (TensorRT plans: not yet supported)")
     if images_dir is not None and label_maps_dir is not None:
         raise BadInput(expected_got("inputs", "--images (detectors) or --label-maps (generators)", "both"))
     manifest = read_manifest(artifact)

@@ -183,17 +183,9 @@ def test_bad_bisect_usage_exits_2(tmp_path):
 # -- the demo detector ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def detector_onnx(tmp_path_factory) -> Path:
-    from deploykit import models
-    from deploykit.export.detector import export_detector, model_info
-
-    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
-    kwargs = {"min_size": 320, "max_size": 320}
-    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
-    path = tmp_path_factory.mktemp("det") / "det.onnx"
-    export_detector(net, path, input_size=(320, 320), model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
-    return path
+@pytest.fixture()
+def detector_onnx(demo_detector_onnx) -> Path:
+    return demo_detector_onnx  # exported once per session (tests/conftest.py)
 
 
 def test_detector_bisect_names_the_perturbed_backbone_conv(detector_onnx, tmp_path):

@@ -13,18 +13,12 @@ from PIL import Image
 
 from deploykit import models
 from deploykit.cli import main
-from deploykit.export.detector import export_detector, model_info
 from deploykit.export.spade import export_spade
 
 
-@pytest.fixture(scope="module")
-def detector_onnx(tmp_path_factory) -> Path:
-    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
-    kwargs = {"min_size": 320, "max_size": 320}
-    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
-    path = tmp_path_factory.mktemp("det") / "det.onnx"
-    export_detector(net, path, input_size=(320, 320), model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
-    return path
+@pytest.fixture()
+def detector_onnx(demo_detector_onnx) -> Path:
+    return demo_detector_onnx  # exported once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
