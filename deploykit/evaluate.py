@@ -267,11 +267,7 @@ class DetectorEval:
         """mAP numbers of one candidate graph, run through :class:`deploykit.runtime.Detector`."""
         from .runtime.detector import Detector
 
-        session = _session_for(onnx_path, self.manifest, self.threads)
-        det = Detector.__new__(Detector)  # the Detector pipeline on a session we opened (borrowed manifest)
-        det.session = session
-        with det:
-            det._configure()
+        with Detector.from_session(_session_for(onnx_path, self.manifest, self.threads)) as det:
             dets = []
             with progress_bar(len(self.images), f"artifact {Path(onnx_path).name}", self.progress) as advance:
                 for img in self.images:

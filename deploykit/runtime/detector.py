@@ -107,6 +107,21 @@ class Detector(OwnsSession):
             self.session.close()
             raise
 
+    @classmethod
+    def from_session(cls, session: Session) -> "Detector":
+        """A Detector on an already open Session (e.g. one given a manifest explicitly).
+
+        The Detector owns the session from then on: ``close()`` closes it.
+        """
+        det = cls.__new__(cls)
+        det.session = session
+        try:
+            det._configure()
+        except BaseException:
+            session.close()
+            raise
+        return det
+
     def _configure(self) -> None:
         session, where = self.session, f"detector {self.session.path}"
         manifest = session.manifest
