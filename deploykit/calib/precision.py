@@ -184,6 +184,54 @@ def _fp16_nodes(model: onnx.ModelProto) -> list[str]:
             if n.op_type != "Cast" and any(types.get(o) == f16 for o in n.output)]
 
 
+def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
+    """Bytes of every float tensor of one sample: what ModelOpt's INT8 calibration keeps per sample.
+
+    (It collects each intermediate float tensor of each calibration sample in
+    memory before computing ranges; resnet50_fpn at 800x800: 2.55 GB a sample.)
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0] if model.graph.input else None
+    per_batch = batch.dim_value if batch is not None and batch.HasField("dim_value") and batch.dim_value > 0 else 1
+    total = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        t = vi.type.tensor_type
+        if t.elem_type not in sizes or not t.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        total += int(np.prod(dims, dtype=np.int64)) * sizes[t.elem_type]
+    return total // per_batch
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_calibration_memory(model: onnx.ModelProto, samples: int, where: str) -> None:
+    """Refuse (one line, exit 2) a calibration that would exhaust memory, instead of being OOM-killed."""
+    per_sample = activation_bytes_per_sample(model)
+    free = available_memory()
+    if free is None or per_sample <= 0:
+        return
+    need = per_sample * samples
+    if need > 0.8 * free:
+        fits = max(1, int(0.8 * free // per_sample))
+        raise BadInput(expected_got(
+            f"INT8 calibration of {where}",
+            f"at most ~{fits} samples in this machine's {free / 1e9:.1f} GB available memory (ModelOpt keeps "
+            f"every activation: {per_sample / 1e9:.2f} GB a sample), or --low-memory (node by node, much slower)",
+            f"{samples} samples (~{need / 1e9:.0f} GB)"))
+
+
 def _save_input_copy(model_path: Path, tmpdir: Path) -> Path:
     # ModelOpt's quantize() rewrites the file it is given in place: give it a copy.
     work = tmpdir / "input.onnx"
@@ -325,7 +373,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                     result = _run_autocast(autocast, source, tmpdir, policy, feeds, data_max)
                     low = _fp16_nodes(result)
                 else:
-                    say(f"INT8 PTQ, {method} calibration on {len(next(iter(feeds.values())))} samples")
+                    n_samples = len(next(iter(feeds.values())))
+                    if not low_memory:
+                        check_calibration_memory(model, n_samples, str(source))
+                    say(f"INT8 PTQ, {method} calibration on {n_samples} samples")
                     result = _run_quantize(quantization, source, tmpdir, policy, feeds, method, model,
                                            low_memory=low_memory)
                     low = quantized_nodes(result)

@@ -221,3 +221,16 @@ def test_restore_casts_autocast_dropped():
     mask = np.array([[True, False, True], [True, True, False]])
     session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, {"mask": mask})[0] == 4.0
+
+
+def test_calibration_that_would_exhaust_memory_is_refused(demo_detector_onnx, detector_feeds, tmp_path,
+                                                          monkeypatch):
+    from deploykit.calib import precision
+
+    per_sample = precision.activation_bytes_per_sample(onnx.load(str(demo_detector_onnx)))
+    assert 50e6 < per_sample < 200e6  # the demo: ~92 MB of float tensors a sample
+    monkeypatch.setattr(precision, "available_memory", lambda: int(per_sample * 5))
+    out = tmp_path / "x.onnx"
+    with pytest.raises(BadInput, match=r"at most ~4 samples .* got 8 samples"):
+        convert(demo_detector_onnx, out, "int8", feeds=detector_feeds)
+    assert not out.exists()
