@@ -254,6 +254,10 @@ def check_line(c: dict[str, Any]) -> str:
             f"{c['limit']:g} -> {'PASS' if c['ok'] else 'FAIL'}")
 
 
+def _signed(x: float) -> str:
+    return f"{round(x, 2) + 0.0:+.2f}"  # no "-0.00"
+
+
 def summary_table(summary: dict[str, Any]):
     """The short rich table ``deploykit demo`` ends with: accuracy, drop, latency, speedup, verdict per precision."""
     from rich.table import Table
@@ -271,7 +275,7 @@ def summary_table(summary: dict[str, Any]):
                           f"{cal.get('seed')}, {cal.get('method')}. mAP on {det['images']} held-out images, PSNR/SSIM "
                           f"on {gen['images']} held-out label maps; latency: median of {prec['rounds']} interleaved "
                           f"end-to-end runs, batch 1, {prec['threads']} threads.")
-    for i, col in enumerate(("model", "precision", "accuracy", "vs PyTorch", "latency", "speedup", "check")):
+    for i, col in enumerate(("model", "precision", "accuracy", "Δ vs PyTorch", "latency", "speedup", "check")):
         table.add_column(col, justify="left" if i < 2 or col == "check" else "right")
 
     def verdict(p: str, model: str) -> str:
@@ -287,7 +291,7 @@ def summary_table(summary: dict[str, Any]):
     for p in PRECISIONS:
         row = det["rows"][p]
         table.add_row("", p, f"mAP {100 * row['map']:.2f} / @.5 {100 * row['map50']:.2f}",
-                      f"{-row['drop']['map']:+.2f} / {-row['drop']['map50']:+.2f} pts", f"{row['latency_ms']:.1f} ms",
+                      f"{_signed(-row['drop']['map'])} / {_signed(-row['drop']['map50'])} pts", f"{row['latency_ms']:.1f} ms",
                       f"{row['speedup']:.2f}x", verdict(p, det["model"]))
     table.add_section()
     table.add_row(gen["model"], "PyTorch", "reference (FP32)", "", f"{gen['reference']['latency_ms']:.1f} ms",

@@ -34,7 +34,7 @@ td.l,th.l{text-align:left}.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222
 .pics{display:flex;flex-wrap:wrap;gap:12px}.pics figure{margin:0;flex:1 1 240px;max-width:100%}
 .pics figure.wide{flex-basis:100%}.pics figure.wide img{width:min(100%,560px);image-rendering:pixelated}.pics img{max-width:100%;border:1px solid #ddd;image-rendering:auto}
 figcaption{font-size:.85em;color:#555;text-align:center}
-.grid4{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;margin-bottom:12px}
+td:last-child{white-space:nowrap}.grid4{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;margin-bottom:12px}
 .grid4 figure{margin:0}.grid4 img{width:100%;border:1px solid #ddd}
 """
 
@@ -133,6 +133,12 @@ def _summary_rows(summary: dict | None, benches: list[dict], parities: list[dict
                           + f" ({_e(det.get('latency_stat', 'best'))})")
                          if lat else "–",
                          f"{_num(det.get('speedup'), '.2f')}x" if det.get("speedup") is not None else "–"])
+        prec = summary.get("precision")
+        if isinstance(prec, dict) and prec.get("checks"):
+            cs = [c for c in prec["checks"] if isinstance(c, dict)]
+            rows.append(["fp16 / int8", "accuracy budgets (demo)", _verdict(prec.get("ok")),
+                         f"{sum(1 for c in cs if c.get('ok'))} of {len(cs)} met (see Accuracy per precision)",
+                         "–", "–"])
         gen = summary.get("generator")
         if isinstance(gen, dict):
             rows.append([_e(gen.get("model", "generator")), "generator parity (demo)", _verdict(gen.get("ok")),

@@ -57,7 +57,7 @@ def test_summary_table_shows_every_precision_with_its_numbers(precision_summary)
     summary = {"detector": {"parity": {"ok": True}}, "generator": {"ok": True}, "precision": precision_summary}
     text = _render(summary_table(summary))
     for line_start, numbers in [("fasterrcnn_demo", ["PyTorch", "mAP 85.06 / @.5 97.81", "1002.8 ms", "1.00x"]),
-                                ("", ["fp16", "mAP 85.01 / @.5 97.80", "-0.05 / -0.00 pts", "131.6 ms", "7.62x",
+                                ("", ["fp16", "mAP 85.01 / @.5 97.80", "-0.05 / +0.00 pts", "131.6 ms", "7.62x",
                                       "≤0.2 PASS"]),
                                 ("", ["int8", "mAP 83.83", "-1.23 / +0.02 pts", "6.29x", "≤1 FAIL"]),
                                 ("", ["fp32", "parity PASS", "9.37x"]),
