@@ -227,10 +227,10 @@ def tensorrt_engines(paths_by_model: dict[str, dict[str, Path]], *, rounds: int,
                                end_to_end=True)
             write_json_atomic(out / f"bench_{plan.stem}.json", result)
             row = (result.get("results") or [{}])[0]
-            engines[f"{model} {p}"] = {"plan": plan.name, "speedup": row.get("speedup"),
-                                       "latency_ms": (row.get("end_to_end") or {}).get("median_ms")}
-            echo(f"      {model} {p}: {plan.name}, end to end {engines[f'{model} {p}']['latency_ms']:.2f} ms, "
-                 f"{row.get('speedup', float('nan')):.2f}x vs PyTorch")
+            lat, speedup = (row.get("end_to_end") or {}).get("median_ms"), row.get("speedup")
+            engines[f"{model} {p}"] = {"plan": plan.name, "speedup": speedup, "latency_ms": lat}
+            echo(f"      {model} {p}: {plan.name}, end to end "
+                 + (f"{lat:.2f} ms, {speedup:.2f}x vs PyTorch" if lat and speedup else "not measured"))
     return {"engines": engines}
 
 
