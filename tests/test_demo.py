@@ -174,3 +174,15 @@ def test_reduced_demo_report_has_the_precision_section_with_summary_numbers(redu
                          rf"</td><td[^>]*>{r['ssim_mean']:.5f}</td>", sec), p
     assert sec.count('src="data:image/png;base64,') == 4 * 2 + 1  # 2 images x 4 sides, SPADE panel
     assert "http://" not in text and "https://" not in text
+
+
+def test_tensorrt_step_says_why_it_is_skipped(monkeypatch, tmp_path):
+    import deploykit.runtime.tensorrt as trt
+    from deploykit.demo_precision import tensorrt_engines
+
+    monkeypatch.setattr(trt, "missing_requirement", lambda: "no NVIDIA GPU (CUDA reports no device)")
+    lines = []
+    got = tensorrt_engines({"m": {"fp32": tmp_path / "m.onnx"}}, rounds=1, threads=1, out=tmp_path, echo=lines.append)
+    assert got == {"skipped": "no NVIDIA GPU (CUDA reports no device)"}
+    assert len(lines) == 1 and lines[0].strip().startswith("skipped: no NVIDIA GPU") and "deploykit[tensorrt]" in lines[0]
+    assert list(tmp_path.iterdir()) == []
