@@ -150,7 +150,7 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
     assert (out / "spade_demo_precision_panels.png").is_file()
     tail = r.output.strip().splitlines()
     assert tail[-2] == f"report: {out / 'report.html'}"
-    assert re.search(r"│\s+int8\s+│ mAP [\d.]+ / @\.5 [\d.]+", r.output), r.output
+    assert re.search(r"│\s+int8\s+│\s+mAP [\d.]+ / @\.5 [\d.]+", r.output), r.output
     for step in range(1, 9):
         assert f"[{step}/8]" in r.output
 
