@@ -2,51 +2,53 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
+from .demo_precision import (BUDGETS, DEMO_CALIB_SAMPLES, PRECISIONS, QUANTIZE_DEFAULT_SAMPLES, budget_checks, check_line,
+                             detector_precision, generator_precision, quantize_all, tensorrt_engines)
+from .errors import BadInput, expected_got
 from .fileio import write_json_atomic
 
 
-def _timeit(fn, repeat: int, samples: list | None = None) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        best = min(best, dt)
-        if samples is not None:
-            samples.append(dt * 1e3)
-    return best
+STEPS = 8
 
 
-def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
-             echo: Callable[[str], None] = print) -> bool:
-    """Export the demo detector, check parity on held-out images, draw results, time both sides.
+def run_demo(output_dir: str | Path, *, n_images: int = 20, eval_images: int = 100, spade_eval_images: int = 16,
+             calib_samples: int = DEMO_CALIB_SAMPLES, rounds: int = 7, threads: int = 2,
+             echo: Callable[[str], None] = print) -> dict:
+    """The pipeline on the bundled demo models, FP32 -> FP16/INT8, with proof at each step.
 
-    Returns True when parity holds. Writes ``summary.json`` and pictures to ``output_dir``.
+    Detector (fasterrcnn_demo): export, parity on ``n_images`` held-out images, FP16/INT8
+    graphs (``calib_samples`` synthetic calibration samples), mAP per precision on
+    ``eval_images`` held-out images next to PyTorch, pictures and end-to-end speed per
+    precision against torchvision eager (median of ``rounds`` interleaved runs). SPADE
+    (spade_demo): the same with PSNR/SSIM on ``spade_eval_images`` label maps. TensorRT
+    engines where TensorRT and a GPU exist. Writes pictures, ``summary.json`` and
+    ``report.html`` to ``output_dir``; returns the summary, whose ``ok`` is True when parity
+    holds and every precision meets issue 4's budgets (:data:`deploykit.demo_precision.BUDGETS`).
     """
     import torch
 
     from . import models
     from .export.detector import detector_class_names, export_detector, model_info
-    from .parity.detector import detector_parity, held_out_images, reference_detections
-    from .runtime import Detector
-    from .runtime.detector import Detections
-    from .runtime.draw import draw_detections
+    from .parity.detector import detector_parity, held_out_images
 
+    for name, value in (("images", n_images), ("eval images", eval_images), ("SPADE eval images", spade_eval_images),
+                        ("calibration samples", calib_samples), ("rounds", rounds), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(expected_got(f"demo {name}", "an integer >= 1", repr(value)))
     torch.set_num_threads(threads)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     name = "fasterrcnn_demo"
     ckpt = models.resolve_checkpoint(name, None)
     size = models.entry(name).default_size
     kwargs = {"min_size": min(size), "max_size": max(size)}
-    echo(f"[1/5] export {name} ({'bundled checkpoint' if ckpt else 'NO checkpoint: random weights'}) "
-         f"at {size[0]}x{size[1]}")
+    echo(f"[1/{STEPS}] export {name} ({'bundled checkpoint' if ckpt else 'NO checkpoint: random weights'}) "
+         f"at {size[0]}x{size[1]}, FP32")
     net = models.build(name, ckpt, **kwargs)
     onnx_path = out / f"{name}.onnx"
     t0 = time.perf_counter()
@@ -54,7 +56,7 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
                     class_names=detector_class_names(name, net))
     echo(f"      wrote {onnx_path} in {time.perf_counter() - t0:.1f} s")
 
-    echo(f"[2/5] parity: ONNX Runtime vs torchvision on {n_images} held-out images")
+    echo(f"[2/{STEPS}] parity: FP32 on ONNX Runtime vs torchvision on {n_images} held-out images")
     images = held_out_images(n_images)
     report = detector_parity(onnx_path, net, images, threads=threads,
                              progress=lambda i, n: echo(f"      {i}/{n}") if i % 5 == 0 or i == n else None)
@@ -63,41 +65,61 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, threads: int = 2,
          f"{s['unmatched_reference']}/{s['unmatched_artifact']}, min IoU {s['min_iou']:.5f}, "
          f"max |Δscore| {s['max_score_diff']:.2e} -> {'PASS' if report.ok else 'FAIL'}")
 
-    echo("[3/5] inference pictures")
-    with Detector(onnx_path, threads=threads) as det:
-        for i, img in enumerate(images[:4]):
-            dets = det.predict(img)
-            draw_detections(img, dets, min_score=0.3).save(out / f"detections_{i}.png")
-            ref = Detections(*reference_detections(net, img), class_names=list(dets.class_names))
-            draw_detections(img, ref, min_score=0.3).save(out / f"detections_{i}_torch.png")
-        echo(f"      wrote {out}/detections_0..3.png")
-        echo(f"      wrote {out}/detections_0..3_torch.png (PyTorch reference, for the report)")
+    fewer = f" (fewer than quantize's default {QUANTIZE_DEFAULT_SAMPLES}, for time)" \
+        if calib_samples < QUANTIZE_DEFAULT_SAMPLES else ""
+    echo(f"[3/{STEPS}] {name} FP16 and INT8 graphs (ModelOpt): calibration on {calib_samples} synthetic "
+         f"samples{fewer}, seed 0, entropy")
+    det_paths, calibration = quantize_all(onnx_path, samples=calib_samples, threads=threads, echo=echo)
 
-        echo("[4/5] speed (best of 5, batch 1, same process)")
-        img = images[0]
-        s_ref: list[float] = []
-        s_ort: list[float] = []
-        t_ref = _timeit(lambda: reference_detections(net, img), 5, s_ref)
-        t_ort = _timeit(lambda: det.predict(img), 5, s_ort)
-    echo(f"      torchvision eager {t_ref * 1e3:.1f} ms, ONNX Runtime {t_ort * 1e3:.1f} ms "
-         f"-> {t_ref / t_ort:.2f}x")
-    summary = {"detector": {"model": name, "onnx": str(onnx_path), "parity": s, "per_image": report.per_image,
-                            "latency_ms": {"torch_eager": t_ref * 1e3, "onnxruntime": t_ort * 1e3},
-                            "latency_samples_ms": {"torch_eager": s_ref, "onnxruntime": s_ort},
-                            "speedup": t_ref / t_ort}}
-    echo("[5/5] SPADE demo generator: export, parity against PyTorch, pictures")
+    echo(f"[4/{STEPS}] {name} accuracy, pictures and speed per precision: mAP on {eval_images} held-out images; "
+         f"Detector.predict vs torchvision eager, median of {rounds} interleaved runs")
+    det = detector_precision(det_paths, net, images, eval_images=eval_images, rounds=rounds, threads=threads,
+                             out=out, echo=echo)
+    lat = {"torch_eager": det["reference"]["latency_ms"],
+           **{f"onnxruntime {p}": det["rows"][p]["latency_ms"] for p in PRECISIONS}}
+    samples = {"torch_eager": det["reference"]["samples_ms"],
+               **{f"onnxruntime {p}": det["rows"][p]["samples_ms"] for p in PRECISIONS}}
+    summary: dict = {"detector": {"model": name, "onnx": str(onnx_path), "parity": s, "per_image": report.per_image,
+                                  "latency_ms": lat, "latency_stat": "median", "latency_samples_ms": samples,
+                                  "speedup": det["rows"]["fp32"]["speedup"]}}
+
+    echo(f"[5/{STEPS}] SPADE demo generator: export, parity against PyTorch, pictures")
     spade = _spade_demo(out, n_images=max(2, n_images // 5), threads=threads, echo=echo)
     summary["generator"] = spade
+
+    echo(f"[6/{STEPS}] spade_demo FP16 and INT8 graphs: calibration on {calib_samples} synthetic label maps{fewer}")
+    gen_paths, _ = quantize_all(Path(spade["onnx"]), samples=calib_samples, threads=threads, echo=echo)
+
+    echo(f"[7/{STEPS}] spade_demo accuracy, pictures and speed per precision: PSNR/SSIM vs FP32 PyTorch on "
+         f"{spade_eval_images} held-out label maps; Generator.generate vs PyTorch, median of {rounds} runs")
+    gen = generator_precision(gen_paths, eval_images=spade_eval_images, rounds=rounds, threads=threads, out=out,
+                              echo=echo)
+
+    echo(f"[8/{STEPS}] TensorRT engines per precision")
+    trt = tensorrt_engines({name: det_paths, gen["model"]: gen_paths}, rounds=rounds, threads=threads, out=out,
+                           echo=echo)
+
+    checks = budget_checks(det, gen)
+    echo("budgets (issue 4):")
+    for c in checks:
+        echo("  " + check_line(c))
+    parity_ok = bool(report.ok and spade["ok"])
+    budgets_ok = all(c["ok"] for c in checks)
+    summary["precision"] = {"calibration": {"samples": calib_samples, "seed": 0, "method": "entropy",
+                                            "default_samples": QUANTIZE_DEFAULT_SAMPLES, **calibration},
+                            "budgets": BUDGETS, "rounds": rounds, "threads": threads,
+                            "detector": det, "generator": gen, "checks": checks, "tensorrt": trt,
+                            "ok": budgets_ok}
+    summary["ok"] = parity_ok and budgets_ok
+    summary["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     echo(f"summary: {out / 'summary.json'}")
     from .report import write_report
 
-    report_path = write_report(out, out / "report.html", summary=summary)
-    echo(f"report: {report_path}")
-    ok = report.ok and spade["ok"]
-    echo(f"result: detector parity {'PASS' if report.ok else 'FAIL'}, generator parity "
-         f"{'PASS' if spade['ok'] else 'FAIL'}")
-    return ok
+    summary["report"] = str(write_report(out, out / "report.html", summary=summary))
+    echo(f"result: parity {'PASS' if parity_ok else 'FAIL'}, precision budgets {'PASS' if budgets_ok else 'FAIL'} "
+         f"({summary['seconds']:.0f} s)")
+    return summary
 
 
 def _spade_demo(out: Path, *, n_images: int, threads: int, echo: Callable[[str], None],

@@ -378,8 +378,11 @@ class GeneratorEval:
 
     def psnr_ssim(self, onnx_path: str | os.PathLike) -> dict[str, Any]:
         """PSNR (dB, peak 1 on [0, 1] images) and SSIM of a candidate against the FP32 reference."""
+        return self.metrics(self.artifact_outputs(onnx_path))
+
+    def metrics(self, got: np.ndarray) -> dict[str, Any]:
+        """PSNR and SSIM of outputs ``got`` (as :meth:`artifact_outputs` returns them) against the reference."""
         ref = self.reference_outputs()
-        got = self.artifact_outputs(onnx_path)
         per_p, per_s = [], []
         for r, g in zip(ref, got):
             r1, g1 = _unit_range(r), _unit_range(g)

@@ -34,6 +34,8 @@ td.l,th.l{text-align:left}.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222
 .pics{display:flex;flex-wrap:wrap;gap:12px}.pics figure{margin:0;flex:1 1 240px;max-width:100%}
 .pics figure.wide{flex-basis:100%}.pics figure.wide img{width:min(100%,560px);image-rendering:pixelated}.pics img{max-width:100%;border:1px solid #ddd;image-rendering:auto}
 figcaption{font-size:.85em;color:#555;text-align:center}
+td:last-child{white-space:nowrap}.grid4{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;margin-bottom:12px}
+.grid4 figure{margin:0}.grid4 img{width:100%;border:1px solid #ddd}
 """
 
 
@@ -127,9 +129,16 @@ def _summary_rows(summary: dict | None, benches: list[dict], parities: list[dict
             rows.append([_e(det.get("model", "detector")), "detector parity (demo)", _verdict(p.get("ok")),
                          f"{p.get('matched', '–')} matched, min IoU {_num(p.get('min_iou'), '.6f')}, "
                          f"max |Δscore| {_num(p.get('max_score_diff'), '.2e')}",
-                         (" / ".join(f"{_e(k)} {_num(v, '.1f')} ms" for k, v in lat.items()) + " (best)")
+                         (" / ".join(f"{_e(k)} {_num(v, '.1f')} ms" for k, v in lat.items())
+                          + f" ({_e(det.get('latency_stat', 'best'))})")
                          if lat else "–",
                          f"{_num(det.get('speedup'), '.2f')}x" if det.get("speedup") is not None else "–"])
+        prec = summary.get("precision")
+        if isinstance(prec, dict) and prec.get("checks"):
+            cs = [c for c in prec["checks"] if isinstance(c, dict)]
+            rows.append(["fp16 / int8", "accuracy budgets (demo)", _verdict(prec.get("ok")),
+                         f"{sum(1 for c in cs if c.get('ok'))} of {len(cs)} met (see Accuracy per precision)",
+                         "–", "–"])
         gen = summary.get("generator")
         if isinstance(gen, dict):
             rows.append([_e(gen.get("model", "generator")), "generator parity (demo)", _verdict(gen.get("ok")),
@@ -374,7 +383,9 @@ def _stats_tables(parities: list[dict]) -> str:
 # -- pictures ------------------------------------------------------------------
 
 
-CAPTIONS = {"spade_demo_panels.png": "SPADE demo: ground truth | PyTorch | ONNX Runtime (one row per label map)"}
+CAPTIONS = {"spade_demo_panels.png": "SPADE demo: ground truth | PyTorch | ONNX Runtime (one row per label map)",
+            "spade_demo_precision_panels.png": "SPADE demo per precision: PyTorch FP32 | ONNX Runtime fp32 | fp16 | "
+                                               "int8 (one row per held-out label map)"}
 
 
 def _caption(name: str) -> str:
@@ -385,6 +396,9 @@ def _caption(name: str) -> str:
         rest = stem[len("detections_"):]
         if rest.endswith("_torch"):
             return f"PyTorch reference detections, image {rest[:-len('_torch')]}"
+        for p in ("fp16", "int8"):
+            if rest.endswith(f"_{p}"):
+                return f"ONNX Runtime {p} detections, image {rest[:-len(p) - 1]}"
         return f"ONNX Runtime detections, image {rest}"
     return name
 
@@ -394,9 +408,9 @@ def _picture_order(p: Path) -> tuple:
     stem = p.stem
     if stem.startswith("detections_"):
         rest = stem[len("detections_"):]
-        torch_side = rest.endswith("_torch")
-        idx = rest[:-len("_torch")] if torch_side else rest
-        return (0, int(idx) if idx.isdigit() else 0, idx, 0 if torch_side else 1)
+        idx, _, side = rest.partition("_")
+        order = {"torch": 0, "": 1, "fp16": 2, "int8": 3}.get(side, 4)
+        return (0, int(idx) if idx.isdigit() else 0, idx, order)
     return (2 if "panels" in stem else 1, 0, p.name, 0)
 
 
@@ -406,6 +420,117 @@ def _picture(path: Path) -> str:
     cap = _caption(path.name)
     return (f'<figure class="{"wide" if wide else ""}"><img alt="{_e(path.name)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{_e(cap)}</figcaption></figure>')
+
+
+# -- accuracy per precision ----------------------------------------------------
+
+
+def _pct(x: Any) -> str:
+    return _num(100 * x, ".2f") if isinstance(x, (int, float)) else "–"
+
+
+def _budget_cell(checks: dict, precision: str, model: Any, parity_ok: Any) -> str:
+    if precision == "fp32":
+        return "parity " + _verdict(parity_ok)
+    c = checks.get((precision, model))
+    if not c:
+        return "–"
+    return f"{'≤' if c.get('op') == '<=' else '≥'} {_num(c.get('limit'), 'g')}: {_verdict(c.get('ok'))}"
+
+
+def _precision_pictures(pictures: list[Path]) -> tuple[list[list[Path | None]], Path | None]:
+    """Rows of (PyTorch, fp32, fp16, int8) detection pictures per image, and the SPADE precision panel."""
+    by_name = {p.name: p for p in pictures}
+    rows = []
+    for name in sorted(by_name):
+        if name.startswith("detections_") and name.endswith("_torch.png"):
+            idx = name[len("detections_"):-len("_torch.png")]
+            others = [by_name.get(f"detections_{idx}{s}.png") for s in ("", "_fp16", "_int8")]
+            if any(o is not None for o in others[1:]):
+                rows.append([by_name[name], *others])
+    rows.sort(key=lambda r: _picture_order(r[0]))
+    return rows, by_name.get("spade_demo_precision_panels.png")
+
+
+def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str, set[Path]]:
+    """The "Accuracy per precision" section from ``summary['precision']`` (deploykit demo); pictures it shows."""
+    prec = (summary or {}).get("precision")
+    if not isinstance(prec, dict):
+        return "", set()
+    checks = {(c.get("precision"), c.get("model")): c for c in prec.get("checks") or [] if isinstance(c, dict)}
+    out = ["<h2>Accuracy per precision</h2>"]
+    cal = prec.get("calibration") or {}
+    default = cal.get("default_samples")
+    fewer = (f" (fewer than the default {default}, for time)" if isinstance(default, int)
+             and isinstance(cal.get("samples"), int) and cal["samples"] < default else "")
+    out.append(f'<p class="note">FP16: ModelOpt AutoCast casts; INT8: ModelOpt PTQ Q/DQ, {_e(cal.get("method", "?"))} '
+               f'calibration on {_e(cal.get("samples", "?"))} samples{_e(fewer)} from {_e(cal.get("source", "?"))}, '
+               f'seed {_e(cal.get("seed", "?"))}. Latency: median of {_e(prec.get("rounds", "?"))} interleaved '
+               f'end-to-end runs per side, batch 1, {_e(prec.get("threads", "?"))} threads, same process; '
+               f'speedup = PyTorch eager median / artifact median.</p>')
+    det = prec.get("detector")
+    if isinstance(det, dict) and isinstance(det.get("rows"), dict):
+        ref = det.get("reference") or {}
+        parity_ok = ((summary or {}).get("detector") or {}).get("parity", {}).get("ok")
+        rows = [["PyTorch (reference)", _pct(ref.get("map")), _pct(ref.get("map50")), "–", "–",
+                 _num(ref.get("latency_ms"), ".1f"), "1.00x", "–"]]
+        for p, r in det["rows"].items():
+            drop = r.get("drop") or {}
+            rows.append([_e(p), _pct(r.get("map")), _pct(r.get("map50")), _num(drop.get("map"), ".2f"),
+                         _num(drop.get("map50"), ".2f"), _num(r.get("latency_ms"), ".1f"),
+                         f"{_num(r.get('speedup'), '.2f')}x", _budget_cell(checks, p, det.get("model"), parity_ok)])
+        out.append(f"<p>{_e(det.get('model', 'detector'))}: COCO mAP on {_e(det.get('images', '?'))} images "
+                   f"({_e(det.get('data', ''))}); drop = PyTorch − artifact, in points; latency: "
+                   f"<code>Detector.predict</code> vs torchvision eager <code>model([img])</code>.</p>")
+        out.append(_table(["precision", "mAP@[.5:.95]", "mAP@.5", "drop mAP (pts)", "drop mAP@.5 (pts)",
+                           "latency ms", "speedup vs PyTorch", "budget"], rows))
+    gen = prec.get("generator")
+    if isinstance(gen, dict) and isinstance(gen.get("rows"), dict):
+        ref = gen.get("reference") or {}
+        parity_ok = ((summary or {}).get("generator") or {}).get("ok")
+        rows = [["PyTorch FP32 (reference)", "–", "–", "–", _num(ref.get("latency_ms"), ".1f"), "1.00x", "–"]]
+        for p, r in gen["rows"].items():
+            rows.append([_e(p), _num(r.get("psnr_mean"), ".2f"), _num(r.get("psnr_min"), ".2f"),
+                         _num(r.get("ssim_mean"), ".5f"), _num(r.get("latency_ms"), ".1f"),
+                         f"{_num(r.get('speedup'), '.2f')}x", _budget_cell(checks, p, gen.get("model"), parity_ok)])
+        out.append(f"<p>{_e(gen.get('model', 'generator'))}: PSNR (dB, peak 1, capped at 100) and SSIM against the "
+                   f"FP32 PyTorch output on {_e(gen.get('images', '?'))} label maps ({_e(gen.get('data', ''))}); "
+                   f"latency: <code>Generator.generate</code> vs the PyTorch generator.</p>")
+        out.append(_table(["precision", "PSNR mean dB", "PSNR min dB", "SSIM mean", "latency ms",
+                           "speedup vs PyTorch", "budget"], rows))
+    if checks:
+        rows = [[_e(c.get("precision")), _e(c.get("model")), _e(c.get("metric")), _num(c.get("value"), ".2f"),
+                 f"{'≤' if c.get('op') == '<=' else '≥'} {_num(c.get('limit'), 'g')}", _verdict(c.get("ok"))]
+                for c in checks.values()]
+        out.append("<p>Accuracy budgets (issue 4):</p>" + _table(["precision", "model", "metric", "value", "budget",
+                                                                  "verdict"], rows, left=3))
+    trt = prec.get("tensorrt") or {}
+    if trt.get("skipped"):
+        out.append(f'<p class="note">TensorRT engines: skipped ({_e(trt["skipped"])}).</p>')
+    elif isinstance(trt.get("engines"), dict):
+        out.append("<p>TensorRT engines (end to end, median):</p>" + _table(
+            ["engine", "plan", "latency ms", "speedup vs PyTorch"],
+            [[_e(k), _e(v.get("plan")), _num(v.get("latency_ms"), ".2f"), f"{_num(v.get('speedup'), '.2f')}x"]
+             for k, v in trt["engines"].items()]))
+    rows, panel = _precision_pictures(pictures)
+    used: set[Path] = set()
+    if rows:
+        out.append("<p>Detections (score ≥ 0.3) per precision: PyTorch | fp32 | fp16 | int8.</p>")
+        for row in rows:
+            figs = []
+            for label, pic in zip(("PyTorch", "fp32", "fp16", "int8"), row):
+                if pic is None:
+                    figs.append(f'<figure><figcaption>{label}: not found</figcaption></figure>')
+                    continue
+                used.add(pic)
+                data = base64.b64encode(pic.read_bytes()).decode("ascii")
+                figs.append(f'<figure><img alt="{_e(pic.name)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{_e(_caption(pic.name))}</figcaption></figure>")
+            out.append('<div class="grid4">' + "".join(figs) + "</div>")
+    if panel is not None:
+        used.add(panel)
+        out.append('<div class="pics">' + _picture(panel) + "</div>")
+    return "\n".join(out), used
 
 
 # -- page ----------------------------------------------------------------------
@@ -419,6 +544,11 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
     body.append("<h2>Summary</h2>")
     body.append(_table(["model", "check", "verdict", "detail", "latency", "speedup vs PyTorch"], rows, left=4)
                 if rows else '<p class="note">No summary.json, parity or bench JSON found.</p>')
+
+    section, shown_above = _precision_section(summary, pictures)
+    if section:
+        body.append(section)
+        pictures = [p for p in pictures if p not in shown_above]
 
     series = _latency_series(summary, benches)
     body.append("<h2>Latency distribution per backend and batch</h2>")
@@ -450,7 +580,9 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
         body.append('<p class="note">No parity results found.</p>')
 
     body.append("<h2>Pictures</h2>")
-    if pictures:
+    if section and not pictures and shown_above:
+        body.append('<p class="note">All pictures are shown above (accuracy per precision).</p>')
+    elif pictures:
         shown = sorted(pictures, key=_picture_order)[:MAX_PICTURES]
         body.append('<div class="pics">' + "".join(_picture(p) for p in shown) + "</div>")
         if len(pictures) > len(shown):

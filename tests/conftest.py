@@ -71,3 +71,52 @@ def demo_generator_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo_generator") / "gen.onnx"
     export_spade("spade_demo", path)
     return path
+
+
+@pytest.fixture()
+def precision_summary():
+    """``summary['precision']`` as ``deploykit demo`` writes it (made-up numbers, one INT8 budget missed)."""
+    checks = [
+        {"precision": "fp16", "model": "fasterrcnn_demo", "metric": "mAP@[.5:.95] drop (points)", "value": 0.0528,
+         "op": "<=", "limit": 0.2, "ok": True},
+        {"precision": "fp16", "model": "spade_demo", "metric": "PSNR mean vs FP32 PyTorch (dB)", "value": 84.896,
+         "op": ">=", "limit": 45.0, "ok": True},
+        {"precision": "int8", "model": "fasterrcnn_demo", "metric": "mAP@[.5:.95] drop (points)", "value": 1.234,
+         "op": "<=", "limit": 1.0, "ok": False},
+        {"precision": "int8", "model": "spade_demo", "metric": "PSNR mean vs FP32 PyTorch (dB)", "value": 51.915,
+         "op": ">=", "limit": 30.0, "ok": True},
+    ]
+    det_rows = {
+        "fp32": {"onnx": "fasterrcnn_demo.onnx", "map": 0.850644, "map50": 0.978071, "drop": {"map": 0.0, "map50": 0.0},
+                 "latency_ms": 107.04, "speedup": 9.368, "samples_ms": [107.04, 110.0, 105.5]},
+        "fp16": {"onnx": "fasterrcnn_demo_fp16.onnx", "map": 0.850116, "map50": 0.978048,
+                 "drop": {"map": 0.0528, "map50": 0.0023}, "latency_ms": 131.62, "speedup": 7.619,
+                 "samples_ms": [131.62, 133.0, 130.0]},
+        "int8": {"onnx": "fasterrcnn_demo_int8.onnx", "map": 0.838304, "map50": 0.978225,
+                 "drop": {"map": 1.234, "map50": -0.0154}, "latency_ms": 159.48, "speedup": 6.288,
+                 "samples_ms": [159.48, 160.0, 158.0]},
+    }
+    gen_rows = {
+        "fp32": {"onnx": "spade_demo.onnx", "psnr_mean": 100.0, "psnr_min": 100.0, "ssim_mean": 1.0, "ssim_min": 1.0,
+                 "latency_ms": 89.31, "speedup": 4.163, "samples_ms": [89.31, 90.0, 88.0]},
+        "fp16": {"onnx": "spade_demo_fp16.onnx", "psnr_mean": 84.896, "psnr_min": 82.848, "ssim_mean": 0.9999999,
+                 "ssim_min": 0.9999999, "latency_ms": 136.38, "speedup": 2.726, "samples_ms": [136.38, 137.0, 135.0]},
+        "int8": {"onnx": "spade_demo_int8.onnx", "psnr_mean": 51.915, "psnr_min": 43.429, "ssim_mean": 0.998706,
+                 "ssim_min": 0.995189, "latency_ms": 140.77, "speedup": 2.641, "samples_ms": [140.77, 141.0, 139.0]},
+    }
+    return {
+        "calibration": {"samples": 64, "seed": 0, "method": "entropy", "default_samples": 128,
+                        "source": "synthetic:synthetic_shapes seed=2000"},
+        "budgets": {"fp16": {"map_drop": 0.2, "psnr_db": 45.0}, "int8": {"map_drop": 1.0, "psnr_db": 30.0}},
+        "rounds": 3, "threads": 2,
+        "detector": {"model": "fasterrcnn_demo", "images": 100, "data": "synthetic held-out",
+                     "reference": {"map": 0.850644, "map50": 0.978071, "latency_ms": 1002.76, "speedup": 1.0,
+                                   "samples_ms": [1002.76, 990.0, 1010.0]},
+                     "rows": det_rows},
+        "generator": {"model": "spade_demo", "images": 16, "data": "spade_demo held-out",
+                      "reference": {"latency_ms": 371.8, "speedup": 1.0, "samples_ms": [371.8, 370.0, 375.0]},
+                      "rows": gen_rows},
+        "checks": checks,
+        "tensorrt": {"skipped": "no `tensorrt` Python package"},
+        "ok": False,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -44,7 +45,7 @@ def _png_bytes(color=(200, 30, 30)) -> bytes:
 
 
 @pytest.fixture()
-def run_dir(tmp_path):
+def run_dir(tmp_path, precision_summary):
     d = tmp_path / "run"
     d.mkdir()
     summary = {
@@ -59,6 +60,7 @@ def run_dir(tmp_path):
                      "latency_samples_ms": {"torch_eager": [43.25, 44.0, 45.1], "onnxruntime": [28.5, 29.0, 30.2]},
                      "speedup": 1.517},
         "generator": {"model": "spade_demo", "max_abs_diff": 5.66e-7, "min_psnr_db": 95.0, "ok": True, "images": 4},
+        "precision": precision_summary,
     }
     (d / "summary.json").write_text(json.dumps(summary))
     stats = {"iterations": 3, "min_ms": 11.0, "mean_ms": 12.0, "median_ms": 12.0, "p90_ms": 12.8,
@@ -72,6 +74,9 @@ def run_dir(tmp_path):
     (d / "manifest_like.json").write_text(json.dumps({"model": {"name": "x"}}))  # ignored
     (d / "detections_0.png").write_bytes(_png_bytes())
     (d / "detections_0_torch.png").write_bytes(_png_bytes((30, 30, 200)))
+    (d / "detections_0_fp16.png").write_bytes(_png_bytes((30, 200, 30)))
+    (d / "detections_0_int8.png").write_bytes(_png_bytes((200, 200, 30)))
+    (d / "spade_demo_precision_panels.png").write_bytes(_png_bytes((90, 90, 90)))
     return d
 
 
@@ -90,15 +95,69 @@ def test_report_is_self_contained(run_dir, tmp_path):
     assert "svg" in p.tags and "table" in p.tags
     assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
     assert p.imgs and all(src.startswith("data:image/png;base64,") for src in p.imgs)
-    # the PNGs are embedded byte for byte, PyTorch reference first, then the artifact's
+    # the PNGs are embedded byte for byte, each once: per image PyTorch | fp32 | fp16 | int8, then the SPADE panel
     got = [base64.b64decode(src.split(",", 1)[1]) for src in p.imgs]
-    assert got == [(run_dir / n).read_bytes() for n in ("detections_0_torch.png", "detections_0.png")]
+    assert got == [(run_dir / n).read_bytes() for n in ("detections_0_torch.png", "detections_0.png",
+                                                        "detections_0_fp16.png", "detections_0_int8.png",
+                                                        "spade_demo_precision_panels.png")]
     assert "PyTorch reference detections, image 0" in text and "ONNX Runtime detections, image 0" in text
+    assert "ONNX Runtime int8 detections, image 0" in text and "All pictures are shown above" in text
     body = "".join(p.text)
     for value in ("fasterrcnn_demo", "spade_demo", "PASS", "1.52x", "2.35x", "0.999988", "3.50e-06",
                   "43.2 ms", "batch 2", "n=3"):
         assert value in body, value
     assert not list(tmp_path.glob(".r.html.*"))  # no temporary file left behind
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"<h2>{title}</h2>")
+    end = text.find("<h2>", start + 1)
+    return text[start:end if end >= 0 else None]
+
+
+def _rows(section: str) -> list[list[str]]:
+    """Every table row of ``section`` as the text of its cells (tags stripped)."""
+    import re
+
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", section)]
+
+
+def test_precision_section_numbers_match_summary(run_dir, tmp_path):
+    out = write_report(run_dir, tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    prec = json.loads((run_dir / "summary.json").read_text())["precision"]
+    sec = _section(text, "Accuracy per precision")
+    assert text.index("<h2>Accuracy per precision</h2>") < text.index("<h2>Latency distribution")
+    rows = {r[0]: r for r in _rows(sec)}
+    det, gen = prec["detector"], prec["generator"]
+    ref = det["reference"]
+    assert rows["PyTorch (reference)"][1:4] == [f"{100 * ref['map']:.2f}", f"{100 * ref['map50']:.2f}", "–"]
+    for p, r in det["rows"].items():
+        row = [x for x in _rows(sec) if x[0] == p][0]  # first table: the detector's
+        assert row[1:7] == [f"{100 * r['map']:.2f}", f"{100 * r['map50']:.2f}", f"{r['drop']['map']:.2f}",
+                            f"{r['drop']['map50']:.2f}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"], p
+    assert [x for x in _rows(sec) if x[0] == "fp32"][0][7] == "parity PASS"
+    assert [x for x in _rows(sec) if x[0] == "int8"][0][7] == "≤ 1: FAIL"  # the made-up missed budget
+    for p, r in gen["rows"].items():
+        row = [x for x in _rows(sec) if x[0] == p][1]  # second table: SPADE
+        assert row[1:6] == [f"{r['psnr_mean']:.2f}", f"{r['psnr_min']:.2f}", f"{r['ssim_mean']:.5f}",
+                            f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"], p
+    assert rows["PyTorch FP32 (reference)"][4] == f"{gen['reference']['latency_ms']:.1f}"
+    checks = [r for r in _rows(sec) if len(r) == 6 and r[2] in ("mAP@[.5:.95] drop (points)",
+                                                                  "PSNR mean vs FP32 PyTorch (dB)")]
+    assert [(r[0], r[1], r[3], r[5]) for r in checks] == [
+        (c["precision"], c["model"], f"{c['value']:.2f}", "PASS" if c["ok"] else "FAIL") for c in prec["checks"]]
+    assert "64 samples (fewer than the default 128, for time)" in sec
+    assert "TensorRT engines: skipped (no `tensorrt` Python package)" in html.unescape(sec)
+    assert sec.count("<img") == 5  # PyTorch | fp32 | fp16 | int8 of image 0, and the SPADE panel
+
+
+def test_no_precision_section_without_precision_results(run_dir, tmp_path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["precision"]
+    text = write_report(run_dir, tmp_path / "r.html", summary=summary).read_text(encoding="utf-8")
+    assert "Accuracy per precision" not in text and "PyTorch reference detections, image 0" in text
 
 
 def test_percentile_bars_without_samples_and_explicit_inputs(tmp_path):
