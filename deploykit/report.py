@@ -81,6 +81,49 @@ def _discover(run_dir: Path) -> tuple[dict | None, list[dict], list[dict], list[
     return (summary if isinstance(summary, dict) else None), benches, parities, pictures
 
 
+def _budget_manifests(run_dir: Path) -> list[dict]:
+    """Manifests in ``run_dir`` of graphs written by ``deploykit quantize --accuracy-budget``."""
+    found = []
+    for p in sorted(run_dir.glob("*.json")):
+        d = _read_json(p)
+        if isinstance(d, dict) and str(d.get("format", "")).startswith("deploykit-manifest"):
+            budget = (d.get("precision") or {}).get("budget")
+            if isinstance(budget, dict):
+                found.append({"file": (d.get("artifact") or {}).get("file", p.stem), "mode": d["precision"].get("mode"),
+                              "model": (d.get("model") or {}).get("name"), "budget": budget})
+    return found
+
+
+def _budget_section(budgets: list[dict]) -> str:
+    """What ``--accuracy-budget`` did: the value per search step, the layers moved to FP32 and their speed cost."""
+    if not budgets:
+        return ""
+    out = ["<h2>Accuracy budgets (deploykit quantize)</h2>"]
+    for b in budgets:
+        bud = b["budget"]
+        moved = bud.get("moved_to_fp32") or []
+        lat = bud.get("latency_ms") or {}
+        head = (f"{_e(b['file'])} ({_e(b.get('model'))}, {_e(b.get('mode'))}): budget {_e(bud.get('spec'))} — "
+                f"{_e(bud.get('meaning'))}; result {_num(bud.get('value'), '.4g')} "
+                f"(FP32 {_num(bud.get('fp32_value'), '.4g')}) {_verdict(bud.get('met'))}")
+        out.append(f"<p>{head}</p>")
+        steps = bud.get("evaluations") or []
+        if steps:
+            out.append(_table(["layers in FP32", "value"], [[_e(s.get("moved")), _num(s.get("value"), ".4g")]
+                                                             for s in sorted(steps, key=lambda s: s.get("moved", 0))]))
+        if moved:
+            cost = (f"latency (ONNX Runtime, same process): all-INT8 {_num(lat.get('all_int8'), '.1f')} ms, with these "
+                    f"layers in FP32 {_num(lat.get('with_fp32_layers'), '.1f')} ms ({lat.get('cost_percent', '?')}%)"
+                    if lat else "")
+            out.append(f"<p>{len(moved)} layer(s) moved back to FP32, most sensitive first. {_e(cost)}</p>")
+            out.append(_table(["module", "node", "op", "local SQNR dB", "rel. error"],
+                              [[_e(m.get("module")), _e(m.get("node")), _e(m.get("op")), _num(m.get("sqnr_db"), ".1f"),
+                                _num(m.get("rel_error"), ".2e")] for m in moved], left=3))
+        else:
+            out.append('<p class="note">Met with every eligible layer in reduced precision.</p>')
+    return "\n".join(out)
+
+
 discover = _discover  # public name (write_report's ``discover`` flag shadows it there)
 
 
@@ -537,7 +580,7 @@ def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str,
 
 
 def render_html(run_dir: Path, summary: dict | None, benches: list[dict], parities: list[dict],
-                pictures: Iterable[Path]) -> str:
+                pictures: Iterable[Path], budgets: list[dict] | None = None) -> str:
     pictures = list(pictures)
     body = [f"<h1>deploykit report</h1><p class=\"sub\">run directory: {_e(run_dir)}</p>"]
     rows = _summary_rows(summary, benches, parities)
@@ -549,6 +592,8 @@ def render_html(run_dir: Path, summary: dict | None, benches: list[dict], pariti
     if section:
         body.append(section)
         pictures = [p for p in pictures if p not in shown_above]
+    if budgets:
+        body.append(_budget_section(budgets))
 
     series = _latency_series(summary, benches)
     body.append("<h2>Latency distribution per backend and batch</h2>")
@@ -612,7 +657,8 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike | None 
     benches = [b for b in _as_list(bench) if isinstance(b, dict)] if bench is not None else found_bench
     parities = [p for p in _as_list(parity) if isinstance(p, dict)] if parity is not None else found_parity
     out = Path(out_path) if out_path is not None else run_dir / "report.html"
-    page = render_html(run_dir, summary, benches, parities, pictures)
+    budgets = _budget_manifests(run_dir) if discover else []
+    page = render_html(run_dir, summary, benches, parities, pictures, budgets=budgets)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
         os.chmod(tmp, 0o644)

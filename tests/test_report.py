@@ -206,3 +206,31 @@ def test_renders_in_headless_chromium(run_dir, tmp_path):
     px = np.asarray(Image.open(shot).convert("L"))
     assert px.shape[1] == 1200
     assert px.std() > 5 and (px < 128).mean() > 0.001  # something dark (text, charts) on the page
+
+
+def test_budget_section_lists_moved_layers_and_cost(tmp_path):
+    from deploykit.manifest import write_manifest
+    from deploykit.report import write_report
+
+    art = tmp_path / "g_int8.onnx"
+    art.write_bytes(b"graph bytes")
+    budget = {"spec": "psnr=40", "meaning": "at least 40 (mean PSNR (dB) against the FP32 PyTorch output)",
+              "met": True, "value": 41.5, "fp32_value": 100.0,
+              "evaluations": [{"moved": 0, "value": 35.0}, {"moved": 1, "value": 38.0}, {"moved": 2, "value": 41.5}],
+              "moved_to_fp32": [{"node": "node_conv_7", "op": "Conv", "module": "head_0.conv_0",
+                                 "rel_error": 0.02, "sqnr_db": 17.0},
+                                {"node": "node_conv_9", "op": "Conv", "module": "up_1.norm_0.gamma",
+                                 "rel_error": 0.01, "sqnr_db": 20.0}],
+              "latency_ms": {"all_int8": 60.0, "with_fp32_layers": 66.0, "cost_percent": 10.0}}
+    write_manifest(art, {"kind": "generator", "model": {"name": "spade_demo"}, "inputs": [], "outputs": [],
+                         "batch": {"dynamic": False, "min": 1, "opt": 1, "max": 1},
+                         "precision": {"mode": "int8", "budget": budget}})
+    page = write_report(tmp_path).read_text()
+    assert "Accuracy budgets (deploykit quantize)" in page
+    assert "head_0.conv_0" in page and "up_1.norm_0.gamma" in page and "(10.0%)" in page
+    assert page.index("head_0.conv_0") < page.index("up_1.norm_0.gamma")  # most sensitive first
+    budget["moved_to_fp32"] = []
+    write_manifest(art, {"kind": "generator", "model": {"name": "spade_demo"}, "inputs": [], "outputs": [],
+                         "batch": {"dynamic": False, "min": 1, "opt": 1, "max": 1},
+                         "precision": {"mode": "int8", "budget": budget}})
+    assert "Met with every eligible layer" in write_report(tmp_path).read_text()

@@ -73,6 +73,14 @@ def test_psnr_budget_moves_the_fewest_layers_to_fp32(demo_generator_onnx, tmp_pa
     # the written graph is the one that met the budget: its moved layers read FP32
     model = onnx.load(str(out))
     assert not {m["node"] for m in b["moved_to_fp32"]} & set(quantized_nodes(model))
+    # the report lists the moved layers and what they cost in speed
+    from deploykit.report import write_report
+
+    page = write_report(tmp_path).read_text()
+    assert "Accuracy budgets (deploykit quantize)" in page and "psnr=62" in page
+    for m in b["moved_to_fp32"]:
+        assert m["module"] in page and m["node"] in page
+    assert f"({b['latency_ms']['cost_percent']}%)" in page
 
 
 def test_budget_fp32_cannot_meet_exits_1_and_writes_nothing(demo_generator_onnx, tmp_path):
