@@ -7,13 +7,16 @@ symmetric weights, entropy or max calibration). deploykit does not
 re-implement either; it decides *which nodes* may leave FP32, which ModelOpt
 cannot know:
 
+* **both** -- convolutions on globally pooled 1x1 vectors (squeeze-excitation
+  blocks) stay FP32: free, and measured the most INT8-sensitive layers.
 * **detector** -- only the feature computation may run in reduced precision:
-  the backbone, the FPN, the RPN head's shared conv and objectness logits, the
-  box head and the class logits. Everything that carries box coordinates or
-  thresholds stays FP32: baked anchors, box-delta predictors
-  (``rpn_head.bbox_pred``, ``box_predictor.bbox_pred``), decoding, clipping,
-  RoiAlign and its coordinates, NMS inputs, score comparisons, and the
-  padding-emulation masks' comparisons.
+  the backbone, the FPN, the RPN head's shared 3x3 conv and the box head's
+  fc6/fc7. Everything that carries box coordinates or thresholds stays FP32:
+  baked anchors, the predictors (RPN objectness and deltas, class scores and
+  box deltas: small 1x1 convs / FCs whose outputs are compared with
+  thresholds or become coordinates), decoding, clipping, RoiAlign and its
+  coordinates, NMS inputs, score comparisons, and the padding-emulation
+  masks' comparisons.
 * **generator** (SPADE) -- the convolutions (the SPADE MLPs, the residual
   blocks, ``conv_img``) may; normalisation statistics (``param_free_norm``:
   instance-norm means and variances, folded batch-norm affine) stay FP32, and
@@ -89,18 +92,43 @@ class Policy:
             raise BadInput(expected_got("ONNX graph", f"node metadata '{SCOPE_KEY}' written by deploykit export "
                                         "(re-export with this deploykit version)", "none on any node"))
         self.low_precision, self.kept = [], []
+        pooled = _convs_on_pooled_vectors(model)
         for node in model.graph.node:
             module = module_of(node) or ""
-            (self.low_precision if self.eligible(node, module) else self.kept).append(node.name)
+            ok = self.eligible(node, module) and node.name not in pooled
+            (self.low_precision if ok else self.kept).append(node.name)
         return self
+
+
+def _convs_on_pooled_vectors(model: onnx.ModelProto) -> set[str]:
+    """Convs whose input is 1x1 spatially: squeeze-excitation FCs on globally pooled features.
+
+    They cost nothing next to the spatial convs and were measured to be the most
+    INT8-sensitive layers of MobileNetV3 (SQNR 10-17 dB against 25-50 dB for the
+    rest), so the policies keep them in FP32.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    found = set()
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input:
+            shape = shapes.get(node.input[0])
+            if shape and len(shape) == 4 and shape[2] == 1 and shape[3] == 1:
+                found.add(node.name)
+    return found
 
 
 def _detector_eligible(node: onnx.NodeProto, module: str) -> bool:
     if node.op_type not in FEATURE_OPS:
         return False
-    if module.endswith("bbox_pred"):
-        return False  # box deltas -> coordinates
-    return module.startswith(("backbone", "rpn_head", "box_head", "box_predictor"))
+    # The predictors (RPN objectness and box deltas, class scores and box deltas)
+    # produce the scores that are compared with thresholds and the deltas that
+    # become coordinates: FP32. They are 1x1 convs / small FCs, and the RPN
+    # objectness conv measured as the most INT8-sensitive layer of every detector.
+    return module.startswith(("backbone", "rpn_head.conv", "box_head"))
 
 
 GENERATOR_EXTRA_OPS = {"Gather", "ReduceSum"}  # the first SPADE conv, exported as table look-ups + sum
@@ -119,9 +147,9 @@ def _generator_eligible(node: onnx.NodeProto, module: str) -> bool:
 
 def policy_for(kind: str) -> Policy:
     if kind == "detector":
-        return Policy(kind, "detector: backbone, FPN, RPN conv and objectness, box head and class logits in "
-                      "reduced precision; anchors, box deltas, decoding, clipping, RoiAlign, NMS and score "
-                      "thresholds FP32", _detector_eligible)
+        return Policy(kind, "detector: backbone, FPN, RPN shared conv and box-head fc6/fc7 in reduced precision; "
+                      "predictors (objectness, class scores, box deltas), anchors, decoding, clipping, RoiAlign, "
+                      "NMS, score thresholds and squeeze-excitation FCs FP32", _detector_eligible)
     if kind == "generator":
         return Policy(kind, "generator: convolutions and activations in reduced precision; normalisation "
                       "statistics (param_free_norm) and label-map look-ups FP32; AutoCast keeps nodes whose "

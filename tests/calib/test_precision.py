@@ -234,3 +234,24 @@ def test_calibration_that_would_exhaust_memory_is_refused(demo_detector_onnx, de
     with pytest.raises(BadInput, match=r"at most ~4 samples .* got 8 samples"):
         convert(demo_detector_onnx, out, "int8", feeds=detector_feeds)
     assert not out.exists()
+
+
+def test_policies_keep_squeeze_excitation_convs_fp32():
+    """A Conv on a globally pooled 1x1 vector stays FP32 even inside an eligible module."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.calib.precision import policy_for
+
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    w3 = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w3")
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["y"], name="spatial", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["y"], ["p"], name="pool"),
+             helper.make_node("Conv", ["p", "w"], ["s"], name="se_fc"),
+             helper.make_node("Mul", ["y", "s"], ["z"], name="scale")]
+    for n in nodes:
+        n.metadata_props.add(key="deploykit.module", value="backbone.body.4.block.2")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])], [w, w3])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    policy = policy_for("detector").apply(model)
+    assert "se_fc" in policy.kept and "spatial" in policy.low_precision and "scale" in policy.low_precision
