@@ -240,7 +240,8 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
         moved = b.get("moved_to_fp32") or []
         click.echo(f"  budget {b['spec']}: {b['value']:.4g} (met)" + (
             f"; {len(moved)} layer(s) moved to FP32: " + ", ".join(m.get("module") or m["node"] for m in moved)
-            + (f" (+{b['latency_ms']['cost_percent']}% latency)" if b.get("latency_ms") else "") if moved else ""))
+            + (f" (latency {b['latency_ms']['cost_percent']:+.1f}% on ONNX Runtime CPU)" if b.get("latency_ms") else "")
+            if moved else ""))
 
 
 @main.command("infer")
