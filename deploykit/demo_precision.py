@@ -125,9 +125,7 @@ def detector_precision(paths: dict[str, Path], net, images: Sequence[np.ndarray]
             det.close()
     for p in PRECISIONS:
         rows[p].update(speed[p])
-    echo("      " + ", ".join(f"{k.replace('_', ' ')} {v['latency_ms']:.1f} ms" + ("" if k == "torch_eager" else
-                                                                               f" ({v['speedup']:.2f}x)")
-                              for k, v in speed.items()))
+    echo(_speed_line(speed))
     return {"model": (read_manifest(paths["fp32"]).get("model") or {}).get("name"), "images": len(ev.images),
             "data": ev.source, "reference": {"map": ref["map"], "map50": ref["map50"],
                                              **speed["torch_eager"]},
@@ -196,10 +194,14 @@ def generator_precision(paths: dict[str, Path], *, eval_images: int, rounds: int
             gm.close()
     for p in PRECISIONS:
         rows[p].update(speed[p])
-    echo("      " + ", ".join(f"{k.replace('_', ' ')} {v['latency_ms']:.1f} ms" + ("" if k == "torch_eager" else
-                                                                               f" ({v['speedup']:.2f}x)")
-                              for k, v in speed.items()))
+    echo(_speed_line(speed))
     return {"model": name, "images": ev.count, "data": ev.source, "reference": speed["torch_eager"], "rows": rows}
+
+
+def _speed_line(speed: dict[str, dict[str, float]]) -> str:
+    """'torch eager 43.9 ms, fp32 29.1 ms (1.51x), ...' for the progress output."""
+    return "      " + ", ".join(f"{k.replace('_', ' ')} {v['latency_ms']:.1f} ms"
+                                + ("" if k == "torch_eager" else f" ({v['speedup']:.2f}x)") for k, v in speed.items())
 
 
 # -- TensorRT ---------------------------------------------------------------------

@@ -50,10 +50,20 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def _convert(fp32, out, precision, samples, low_memory, row):
+    """quantize_artifact(fp32 -> out), recording time and node count in ``row``; returns ``out``."""
+    from deploykit.calib.pipeline import quantize_artifact
+
+    t = time.perf_counter()
+    m = quantize_artifact(fp32, out, precision, samples=samples, progress=False, low_memory=low_memory)
+    row[f"{precision}_convert_s"] = round(time.perf_counter() - t, 1)
+    row[f"{precision}_low_precision_nodes"] = m["precision"]["low_precision_nodes"]
+    return out
+
+
 def detector(name, work, samples, threads, low_memory=False):
     from deploykit import models
     from deploykit.calib.data import calibration_feeds
-    from deploykit.calib.pipeline import quantize_artifact
     from deploykit.export.detector import export_detector, model_info
     from deploykit.parity.fasterrcnn import calibrate_batchnorm
     from deploykit.parity.metrics import box_iou
@@ -72,12 +82,8 @@ def detector(name, work, samples, threads, low_memory=False):
     ref_out = [ref.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(4)]
     row = {"model": name, "canvas": f"{size[0]}x{size[1]}", "weights": "random, BN calibrated"}
     for precision in ("fp16", "int8"):
-        out = work / f"{name}_{precision}.onnx"
-        t = time.perf_counter()
-        m = quantize_artifact(fp32, out, precision, samples=samples, progress=False, low_memory=low_memory)
-        row[f"{precision}_convert_s"] = round(time.perf_counter() - t, 1)
-        row[f"{precision}_low_precision_nodes"] = m["precision"]["low_precision_nodes"]
-        s = _session(out, threads)
+        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, low_memory, row),
+                     threads)
         stats = {"rpn_objectness_rel": [], "rpn_proposals_rel": [], "same_proposals": []}
         for i in range(4):
             got = dict(zip(names, s.run(None, {k: v[i:i + 1] for k, v in feeds.items()})))
@@ -98,7 +104,6 @@ def detector(name, work, samples, threads, low_memory=False):
 
 def generator(name, work, samples, threads, low_memory=False):
     from deploykit.calib.data import calibration_feeds
-    from deploykit.calib.pipeline import quantize_artifact
     from deploykit.evaluate import psnr, ssim
     from deploykit.export.spade import export_spade
 
@@ -112,12 +117,8 @@ def generator(name, work, samples, threads, low_memory=False):
            "weights": "random, calibrated"}
     unit = lambda x: (np.asarray(x, np.float64) + 1) / 2  # noqa: E731
     for precision in ("fp16", "int8"):
-        out = work / f"{name}_{precision}.onnx"
-        t = time.perf_counter()
-        m = quantize_artifact(fp32, out, precision, samples=samples, progress=False, low_memory=low_memory)
-        row[f"{precision}_convert_s"] = round(time.perf_counter() - t, 1)
-        row[f"{precision}_low_precision_nodes"] = m["precision"]["low_precision_nodes"]
-        s = _session(out, threads)
+        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, low_memory, row),
+                     threads)
         ps, ss = [], []
         for i in range(4):
             got = s.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0][0]
