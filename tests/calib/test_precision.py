@@ -255,3 +255,14 @@ def test_policies_keep_squeeze_excitation_convs_fp32():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     policy = policy_for("detector").apply(model)
     assert "se_fc" in policy.kept and "spatial" in policy.low_precision and "scale" in policy.low_precision
+
+
+def test_fp16_range_check_uses_the_samples_that_fit(demo_detector_onnx, detector_feeds, tmp_path, monkeypatch):
+    from deploykit.calib import precision
+
+    per_sample = precision.activation_bytes_per_sample(onnx.load(str(demo_detector_onnx)))
+    monkeypatch.setattr(precision, "available_memory", lambda: int(per_sample * 6))  # half of it: 3 samples
+    messages = []
+    manifest = convert(demo_detector_onnx, tmp_path / "f.onnx", "fp16", feeds=detector_feeds, log=messages.append)
+    assert manifest["precision"]["calibration"]["range_check_samples"] == 3
+    assert any("range check on 3 of 8 samples" in m for m in messages)
