@@ -436,7 +436,6 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
     from rich.console import Console
     from rich.table import Table
 
-    from .fileio import write_json_atomic
     from .parity.run import run_parity
 
     bisect_only = {"--against": against, "--rtol": rtol, "--atol": atol,
@@ -473,11 +472,7 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
         psnr = "inf (identical)" if v["min_psnr_db"] is None else f"{v['min_psnr_db']:.1f} dB"
         console.print(f"images: {v['images']}, max |Δ| {v['max_abs']:.2e} (tolerance {v['tolerance']:.0e}), "
                       f"min PSNR of uint8 images {psnr}; {len(v['images_failed'])} fail", markup=False)
-    console.print(f"parity: {'PASS' if report['ok'] else 'FAIL'}", markup=False)
-    if json_out:
-        write_json_atomic(json_out, report)
-        click.echo(f"wrote {json_out}")
-    sys.exit(0 if report["ok"] else 1)
+    _finish_check(console, "parity", report, json_out)
 
 
 @main.command("eval")
@@ -530,6 +525,17 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
         click.echo(f"wrote {json_out}")
 
 
+def _finish_check(console, what: str, report: dict, json_out) -> None:
+    """Print the verdict, write the JSON report if asked, exit 0 on PASS and 1 on FAIL."""
+    from .fileio import write_json_atomic
+
+    console.print(f"{what}: {'PASS' if report['ok'] else 'FAIL'}", markup=False)
+    if json_out:
+        write_json_atomic(json_out, report)
+        click.echo(f"wrote {json_out}")
+    sys.exit(0 if report["ok"] else 1)
+
+
 def _fmt(x: float) -> str:
     return "inf" if x == float("inf") else f"{x:.3g}"
 
@@ -539,7 +545,6 @@ def _parity_bisect(artifact, images_dir, label_maps_dir, instances_dir, json_out
     from rich.console import Console
     from rich.table import Table
 
-    from .fileio import write_json_atomic
     from .parity.bisect import run_bisect
 
     err = Console(stderr=True)
@@ -589,11 +594,7 @@ def _parity_bisect(artifact, images_dir, label_maps_dir, instances_dir, json_out
         console.print(f"node {node['name']!r} ({node['op_type']}), inputs {node['inputs']}"
                       + (f"; not compared: {first['inputs_not_compared']}" if first["inputs_not_compared"] else ""),
                       markup=False)
-    console.print(f"bisect: {'PASS' if report['ok'] else 'FAIL'}", markup=False)
-    if json_out:
-        write_json_atomic(json_out, report)
-        click.echo(f"wrote {json_out}")
-    sys.exit(0 if report["ok"] else 1)
+    _finish_check(console, "bisect", report, json_out)
 
 
 @main.command("report")

@@ -119,13 +119,10 @@ def detector_precision(paths: dict[str, Path], net, images: Sequence[np.ndarray]
         pick = lambda r: images[r % len(images)]  # noqa: E731
         sides: dict[str, Callable[[int], Any]] = {"torch_eager": lambda r: reference_detections(net, pick(r))}
         sides.update({p: (lambda r, d=det: d.predict(pick(r))) for p, det in detectors.items()})
-        speed = _speed_rows(interleaved_ms(sides, rounds), "torch_eager")
+        speed = _time_sides(sides, rounds, rows, echo)
     finally:
         for det in detectors.values():
             det.close()
-    for p in PRECISIONS:
-        rows[p].update(speed[p])
-    echo(_speed_line(speed))
     return {"model": (read_manifest(paths["fp32"]).get("model") or {}).get("name"), "images": len(ev.images),
             "data": ev.source, "reference": {"map": ref["map"], "map50": ref["map50"],
                                              **speed["torch_eager"]},
@@ -188,14 +185,21 @@ def generator_precision(paths: dict[str, Path], *, eval_images: int, rounds: int
         sides: dict[str, Callable[[int], Any]] = {"torch_eager": torch_side}
         sides.update({p: (lambda r, m=gm: m.generate(samples[r % len(samples)].label, inst(samples[r % len(samples)])))
                       for p, gm in generators.items()})
-        speed = _speed_rows(interleaved_ms(sides, rounds), "torch_eager")
+        speed = _time_sides(sides, rounds, rows, echo)
     finally:
         for gm in generators.values():
             gm.close()
+    return {"model": name, "images": ev.count, "data": ev.source, "reference": speed["torch_eager"], "rows": rows}
+
+
+def _time_sides(sides: dict[str, Callable[[int], Any]], rounds: int, rows: dict[str, dict],
+                echo: Callable[[str], None]) -> dict[str, dict]:
+    """Interleaved timing of PyTorch and every precision; fills ``rows`` and prints one line."""
+    speed = _speed_rows(interleaved_ms(sides, rounds), "torch_eager")
     for p in PRECISIONS:
         rows[p].update(speed[p])
     echo(_speed_line(speed))
-    return {"model": name, "images": ev.count, "data": ev.source, "reference": speed["torch_eager"], "rows": rows}
+    return speed
 
 
 def _speed_line(speed: dict[str, dict[str, float]]) -> str:

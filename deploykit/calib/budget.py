@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import math
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,7 +280,3 @@ def temp_artifact(model: onnx.ModelProto, manifest: dict[str, Any], directory: s
     onnx.save_model(model, str(path))
     write_manifest(path, copy.deepcopy(manifest))
     return path
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="deploykit-budget-")

@@ -457,9 +457,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                                      "range_check_samples": len(next(iter(feeds.values())))}
     new = copy.deepcopy(manifest)
     new["precision"] = record
-    new.setdefault("artifact", {})
-    path = write_manifest(out, new)
-    return read_manifest(out) if path else new
+    write_manifest(out, new)
+    return read_manifest(out)
 
 
 def _finish(model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
