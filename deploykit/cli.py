@@ -311,7 +311,7 @@ def demo_cmd(output_dir, images, eval_images, eval_label_maps, calib_samples, ro
 
     summary = run_demo(output_dir, n_images=images, eval_images=eval_images, spade_eval_images=eval_label_maps,
                        calib_samples=calib_samples, rounds=rounds, threads=threads, echo=click.echo)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     Console(file=out, width=None if out.isatty() else 130).print(summary_table(summary))
     click.echo(f"report: {summary['report']}")
     click.echo(f"demo: {'PASS' if summary['ok'] else 'FAIL'}")
@@ -379,7 +379,7 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
         table.add_column(name, justify="left" if i < 2 else "right")
     for row in table_rows(result):
         table.add_row(*row)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     Console(file=out, width=None if out.isatty() else 150).print(table)
     if json_out:
         write_json_atomic(json_out, result)
@@ -503,7 +503,7 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
     from .fileio import write_json_atomic
 
     r = evaluate_artifact(artifact, data=data, samples=samples, threads=threads, progress=not quiet)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     console = Console(file=out, width=None if out.isatty() else 120)
     table = Table(min_width=72, title=f"{r['model']} ({r['kind']}, precision {r['precision']}) vs PyTorch",
                   caption=f"{r['images']} {'images' if r['kind'] == 'detector' else 'label maps'}: {r['data']}")
