@@ -43,7 +43,7 @@ def _const_value(name: str, inits: dict[str, onnx.TensorProto], consts: dict[str
 
 
 def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
-                     allowed_domains: tuple[str, ...] = ()) -> list[str]:
+                     allowed_domains: tuple[str, ...] = (), static_outputs: bool = True) -> list[str]:
     """Return a list of human-readable rule violations (empty when the graph is fine)."""
     problems: list[str] = []
     try:
@@ -93,7 +93,7 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
         for i, d in enumerate(dims):
             if isinstance(d, int):
                 continue
-            if i == 0 and dynamic_batch:
+            if (i == 0 and dynamic_batch) or not static_outputs:
                 continue
             problems.append(f"graph output {o.name!r}: dimension {i} is {d!r}, expected a static size")
     # de-duplicate while keeping order
@@ -102,9 +102,11 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
 
 
 def check_graph(model: onnx.ModelProto, *, dynamic_batch: bool = False,
-                allowed_domains: tuple[str, ...] = ()) -> None:
-    """Raise :class:`CheckFailed` naming every rule the graph breaks."""
-    problems = graph_violations(model, dynamic_batch=dynamic_batch, allowed_domains=allowed_domains)
+                allowed_domains: tuple[str, ...] = (), static_outputs: bool = True) -> None:
+    """Raise :class:`CheckFailed` naming every rule the graph breaks (``static_outputs=False``:
+    outputs may have dynamic axes, e.g. raw detector tensors of a dynamic-size graph)."""
+    problems = graph_violations(model, dynamic_batch=dynamic_batch, allowed_domains=allowed_domains,
+                                static_outputs=static_outputs)
     if problems:
         shown = "; ".join(problems[:8])
         more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
