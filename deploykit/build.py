@@ -62,14 +62,14 @@ def check_ready(onnx_path: Path, data: bytes, onnx_manifest: dict[str, Any],
     try:
         model = onnx.load_from_string(data)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise BadInput(expected_got(f"ONNX model {onnx_path}", "an ONNX protobuf", f"unreadable ({e})")) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(expected_got(f"ONNX model {onnx_path}", "an ONNX protobuf", f"unreadable ({first})")) from None
     readiness = check_readiness(model, onnx_manifest)
     if not readiness.ok:
         for line in report_text(readiness, onnx_path.name)[:-1]:
             echo(line)
         raise CheckFailed(expected_got(f"ONNX model {onnx_path}", "a graph inside TensorRT's ONNX-parser support "
-                                       "matrix", f"{len(readiness.violations)} violation(s), listed above "
-                                       "(deploykit check explains them)"))
+                                       "matrix", f"{len(readiness.violations)} violation(s), listed above"))
     return readiness
 
 

@@ -256,25 +256,12 @@ class _Graph:
     """Producers, constants, element types and shapes of an (inferred) ONNX graph."""
 
     def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.g = g
+        self.g = g = model.graph
         self.inits = {t.name: t for t in g.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for o in n.output:
-                if o:
-                    self.producer[o] = n
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
+        self.producer = {o: n for n in g.node for o in n.output if o}
         self.inputs = {i.name for i in g.input if i.name not in self.inits}
-        self.outputs = {o.name for o in g.output}
-        self.info: dict[str, onnx.TypeProto.Tensor] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            if vi.type.HasField("tensor_type"):
-                self.info[vi.name] = vi.type.tensor_type
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.info = {vi.name: vi.type.tensor_type for vi in list(g.input) + list(g.value_info) + list(g.output)
+                     if vi.type.HasField("tensor_type")}
 
     def elem_type(self, name: str) -> str | None:
         if name in self.inits:
@@ -434,8 +421,8 @@ def _check_roialign(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
     if int(_attr(node, "sampling_ratio", 0)) < 0:
         v.add("attribute", "sampling_ratio", ">= 0", str(_attr(node, "sampling_ratio")))
     dims = gr.dims(node.input[1]) if len(node.input) > 1 else None
-    if dims is not None and (len(dims) != 2 or dims[1] not in (4, None) and not isinstance(dims[1], str)):
-        v.add("attribute", "rois shape", "[num_rois, 4]", str(dims))
+    if dims is not None and (len(dims) != 2 or isinstance(dims[1], int) and dims[1] != 4):
+        v.add("attribute", "rois shape", "[num_rois, 4] (the importer's check)", str(dims))
 
 
 def _check_pool(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
@@ -471,7 +458,7 @@ def _check_cast(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
     to = TensorProto.DataType.Name(int(_attr(node, "to", 0)))
     allowed = OPS["Cast"].types
     if to not in allowed:
-        v.add("attribute", "to", f"one of {_fmt(allowed)}", to)
+        v.add("attribute", "attribute to", f"one of {_fmt(allowed)}", to)
 
 
 def _check_quantize(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
@@ -512,7 +499,7 @@ def _type_violations(gr: _Graph) -> list[Violation]:
                     c.add("attribute", f"attribute {a}", "value (a dense tensor)", a)
         for k, name in enumerate(node.input):
             t = gr.elem_type(name) if name else None
-            if t is None or t in ("DOUBLE",) or t not in TRT_TYPES:
+            if t is None or t not in TRT_TYPES:
                 continue  # reported where the tensor is made (or it is a graph input, below)
             if t == "UINT8" and node.op_type not in ("Cast", "Shape", "Size"):
                 c.add("type", f"input {k} ({name!r}) element type",
@@ -543,46 +530,33 @@ def _shape_violations(gr: _Graph) -> list[Violation]:
     out: list[Violation] = []
     verdict: dict[str, tuple[str, str] | None] = {}  # tensor -> None (fine) or (what, got)
 
-    def trace(name: str, depth: int = 0) -> tuple[str, str] | None:
-        if name in verdict:
-            return verdict[name]
-        verdict[name] = None  # cycles cannot happen in a valid graph; guards recursion on bad input
-        if not name or gr.is_const(name):
-            return None
-        if name in gr.inputs:
-            result = ("computed from the values of graph input " + repr(name),
-                      "a shape-tensor input (deploykit builds profiles for shapes, not for values)")
-            verdict[name] = result
-            return result
+    data_dependent = "a data-dependent shape (TensorRT computes shape tensors from shapes and constants)"
+
+    def trace(name: str, reader: onnx.NodeProto | None = None, depth: int = 0) -> tuple[str, str] | None:
+        if not name or name in verdict or gr.is_const(name) or depth > 500:
+            return verdict.get(name)
+        verdict[name] = None  # provisional; a valid graph has no cycles
+        read_by = f", read by {reader.op_type} node {_label(reader)!r}" if reader is not None else ""
         p = gr.producer.get(name)
-        if p is None:
-            return None
-        if p.op_type in ("Shape", "Size"):
-            return None
-        if p.op_type not in SHAPE_OPS:
-            result = (f"the values of {p.op_type} node {_label(p)!r}",
-                      "a data-dependent shape (TensorRT computes shape tensors from shapes and constants)")
-            verdict[name] = result
-            return result
-        dims = gr.dims(name)
-        if dims is not None:
-            if len(dims) > 1:
+        if name in gr.inputs:
+            result: tuple[str, str] | None = (f"the values of graph input {name!r}{read_by}", data_dependent)
+        elif p is None or p.op_type in ("Shape", "Size"):
+            result = None
+        elif p.op_type not in SHAPE_OPS:
+            result = (f"the values of {p.op_type} node {_label(p)!r}{read_by}", data_dependent)
+        else:
+            dims = gr.dims(name)
+            n = (dims[0] if dims else 1) if dims is not None else None
+            if dims is not None and len(dims) > 1:
                 result = (f"{p.op_type} node {_label(p)!r} making a rank-{len(dims)} tensor",
                           "shape tensors are 0-D or 1-D")
-                verdict[name] = result
-                return result
-            n = dims[0] if dims else 1
-            if isinstance(n, int) and n > MAX_SHAPE_TENSOR_VOLUME:
+            elif isinstance(n, int) and n > MAX_SHAPE_TENSOR_VOLUME:
                 result = (f"{p.op_type} node {_label(p)!r} making {n} values",
                           f"at most {MAX_SHAPE_TENSOR_VOLUME} values in a shape tensor")
-                verdict[name] = result
-                return result
-        for i in p.input:
-            r = trace(i, depth + 1)
-            if r is not None:
-                verdict[name] = r
-                return r
-        return None
+            else:
+                result = next((r for r in (trace(i, p, depth + 1) for i in p.input) if r is not None), None)
+        verdict[name] = result
+        return result
 
     for node in gr.g.node:
         rule = OPS.get(node.op_type)
