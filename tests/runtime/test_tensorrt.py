@@ -526,6 +526,8 @@ def test_build_refuses_an_ort_lowering_graph(tmp_path, monkeypatch):
     first = result.output.splitlines()[0]
     assert "precision.ort_lowering" in first and "ONNX Runtime CPU only" in first and "3 output Q/DQ" in first
     assert not (tmp_path / "m_trt.plan").exists()
+    checked = CliRunner().invoke(main, ["check", str(src)])  # deploykit check reads the same manifest
+    assert checked.exit_code == 1 and checked.output.splitlines()[0] == first
 
 
 # -- real TensorRT on a GPU --------------------------------------------------------
