@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import BadInput, DeployKitError, expected_got
+from .manifest import manifest_path
 
 
 def _fail_cleanly(fn):
@@ -195,7 +196,7 @@ def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range,
             class_names=detector_class_names(model, net), progress=progress)
     ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["inputs"])
     outs = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["outputs"])
-    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {manifest_path(out)}")
     click.echo(f"  inputs:  {ins}\n  outputs: {outs}")
 
 
@@ -262,7 +263,7 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
                                  progress=not quiet,
                                  log=progress)
     p = manifest["precision"]
-    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {manifest_path(out)}")
     click.echo(f"  {p['mode']}: {p['low_precision_nodes']} nodes in reduced precision, "
                f"{len(p['kept_high_precision'])} kept FP32")
     b = p.get("budget")
@@ -647,10 +648,37 @@ def report_cmd(run_dir, out_path):
     click.echo(f"wrote {path}")
 
 
+@main.command("check")
+@click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path())
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report (ops, plugins, every violation) as JSON to this file.")
+@_fail_cleanly
+def check_cmd(onnx_model, json_path):
+    """Check MODEL.onnx for TensorRT, without TensorRT: every node's op, element types and
+    attributes inside the TensorRT ONNX parser's support matrix, shape tensors computed from
+    shapes only, no data-dependent output shapes, and (from the manifest) no --ort-lowering graph.
+
+    Exit 0 when ready, 1 listing every violation (node, op, what, expected, got), 2 for bad
+    input. The table and its source version: docs/tensorrt.md.
+    """
+    from .errors import CheckFailed
+    from .export.trt_support import check_file, report_text
+    from .fileio import write_json_atomic
+
+    readiness = check_file(onnx_model)
+    for line in report_text(readiness, Path(onnx_model).name):
+        click.echo(line)
+    if json_path:
+        write_json_atomic(json_path, {"file": str(onnx_model), **readiness.to_json()})
+    if not readiness.ok:
+        raise CheckFailed(expected_got(f"ONNX model {onnx_model}", "a graph ready for TensorRT",
+                                       f"{len(readiness.violations)} violation(s), listed above"))
+
+
 @main.command("build")
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Engine to write (MODEL.plan); its manifest goes beside it.")
+              help="Engine to write (MODEL.plan or MODEL.engine); its manifest goes beside it (MODEL.plan.json).")
 @click.option("--workspace-mb", default=1024, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Timing cache file: read if it exists, written after the build (reuse it across builds).")
@@ -660,7 +688,10 @@ def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose):
     """Compile MODEL.onnx (exported by deploykit, with its manifest) into a TensorRT 11 engine.
 
     Strongly typed: the precision is the ONNX graph's. The optimisation profile comes
-    from the manifest's batch range. Needs `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
+    from the manifest's batch range. The graph is first checked for TensorRT on the CPU
+    (as `deploykit check` does): a graph TensorRT's parser would refuse, or an --ort-lowering
+    graph (ONNX Runtime CPU only), stops with exit 1 before TensorRT is needed. Needs
+    `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
     """
     from .build import build_engine
 

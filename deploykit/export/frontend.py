@@ -193,7 +193,8 @@ def front_end(*, mean: tuple[float, float, float], std: tuple[float, float, floa
 
     # Resize first, then normalise the (usually much smaller) result: bilinear weights sum to 1,
     # so this equals torchvision's normalise-then-resize up to float rounding (~1e-6).
-    x = g.op("Cast", g.op("Transpose", "image", perm=[0, 3, 1, 2]), to=TensorProto.FLOAT, hint="pixels")
+    # cast first: TensorRT cannot transpose (shuffle) UINT8
+    x = g.op("Transpose", g.op("Cast", "image", to=TensorProto.FLOAT), perm=[0, 3, 1, 2], hint="pixels")
     sizes = g.op("Concat", bsz, g.const(3), oh, ow, axis=0, hint="sizes")
     x = g.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel",
              hint="resized")

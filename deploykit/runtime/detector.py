@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInput, expected_got
+from ..manifest import manifest_path
 from .preprocess import Preprocessing, pixel_batch, preprocess_batch, to_rgb
 from .session import OwnsSession, Session, load
 
@@ -134,7 +135,7 @@ class Detector(OwnsSession):
         session, where = self.session, f"detector {self.session.path}"
         manifest = session.manifest
         if manifest is None:
-            raise BadInput(expected_got(where, f"a manifest {session.path.with_suffix('.json').name} beside it",
+            raise BadInput(expected_got(where, f"a manifest {manifest_path(session.path, legacy=False).name} beside it",
                                         "no manifest"))
         if manifest.get("kind") != "detector":
             raise BadInput(expected_got(f"{where} manifest kind", "'detector'", repr(manifest.get("kind"))))
