@@ -683,12 +683,16 @@ def check_cmd(onnx_model, json_path):
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Timing cache file: read if it exists, written after the build (reuse it across builds).")
 @click.option("--verbose", is_flag=True, help="TensorRT's verbose log.")
+@click.option("--opt-image-size", default=None, metavar="HxW",
+              help="Dynamic-size detectors: the profile's opt image size (default: the manifest's, "
+                   "preprocessing.image_size_range.opt); min and max are the manifest's range.")
 @_fail_cleanly
-def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose):
+def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose, opt_image_size):
     """Compile MODEL.onnx (exported by deploykit, with its manifest) into a TensorRT 11 engine.
 
     Strongly typed: the precision is the ONNX graph's. The optimisation profile comes
-    from the manifest's batch range. The graph is first checked for TensorRT on the CPU
+    from the manifest: its batch range and, for dynamic-size detectors, its image size
+    range (min/opt/max; --opt-image-size sets opt). The graph is first checked for TensorRT on the CPU
     (as `deploykit check` does): a graph TensorRT's parser would refuse, or an --ort-lowering
     graph (ONNX Runtime CPU only), stops with exit 1 before TensorRT is needed. Needs
     `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
@@ -696,7 +700,8 @@ def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose):
     from .build import build_engine
 
     plan = build_engine(onnx_model, out, workspace_mb=workspace_mb, timing_cache=timing_cache, verbose=verbose,
-                        echo=lambda m: click.echo(m, err=True))
+                        echo=lambda m: click.echo(m, err=True),
+                        opt_image_size=_parse_size(opt_image_size, "--opt-image-size"))
     click.echo(f"wrote {plan}")
 
 
