@@ -182,17 +182,18 @@ def read_map(path: str | os.PathLike, what: str) -> np.ndarray:
 
 def infer_generator(model_path: str | os.PathLike, label_paths: Sequence[str | os.PathLike],
                     out_dir: str | os.PathLike, instance_paths: Sequence[str | os.PathLike] | None = None,
-                    resize: bool = False, threads: int | None = None) -> list[Path]:
+                    resize: bool = False, threads: int | None = None, generator: Any = None) -> list[Path]:
     """Generate one PNG per label map into ``out_dir`` (``<label stem>.png``, written atomically).
 
     ``instance_paths``: one instance map per label map, in the same order, for
-    instance models. Returns the written paths.
+    instance models. Returns the written paths. ``generator``: an already open one to use
+    instead (e.g. a ``deploykit.serving.Client``).
     """
     from PIL import Image
 
     from ..fileio import atomic_path
 
-    gen = Generator(model_path, threads=threads)
+    gen = generator if generator is not None else Generator(model_path, threads=threads)
     label_paths = [Path(p) for p in label_paths]
     if instance_paths is not None and len(instance_paths) != len(label_paths):
         raise BadInput(expected_got("instance maps", f"one per label map ({len(label_paths)})", len(instance_paths)))

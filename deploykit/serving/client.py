@@ -139,14 +139,12 @@ class Client:
             if "unavailable" in status.lower() or "unavailable" in text.lower() or "failed to connect" in text.lower():
                 raise ServerError(expected_got(f"Triton server {self.url}", "reachable", text)) from None
             raise ServerError(f"{where}: {text}" + (f" (status {status})" if status else "")) from None
-        except (OSError, ConnectionError) as e:  # HTTP: refused, reset, timed out
-            raise ServerError(expected_got(f"Triton server {self.url}", "reachable",
-                                           f"{type(e).__name__}: {e}".strip())) from None
-        except Exception as e:  # noqa: BLE001 (gevent timeouts and the like: never a traceback)
-            if type(e).__name__ in ("Timeout", "timeout", "ConnectionResetError"):
-                raise ServerError(expected_got(f"Triton server {self.url}", f"an answer within {self.timeout:g} s",
-                                               type(e).__name__)) from None
+        except BadInput:
             raise
+        except Exception as e:  # noqa: BLE001 (HTTP transport: refused, reset, closed, timed out; never a traceback)
+            text = f"{type(e).__name__}: {e}".strip().rstrip(":")
+            raise ServerError(expected_got(f"Triton server {self.url}", f"an answer within {self.timeout:g} s",
+                                           text.splitlines()[0] if text else type(e).__name__)) from None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request: ``{input name: array with the batch axis}`` -> ``{output name: array}``."""

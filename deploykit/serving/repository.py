@@ -387,11 +387,13 @@ def model_spec(artifact: str | os.PathLike, name: str, options: RepositoryOption
     else:
         graph_max = _batching(graph_in + graph_out, manifest, artifact)
         max_batch = graph_max
-        if options.max_batch_size is not None:
-            if graph_max == 0 or options.max_batch_size > graph_max:
+        if options.max_batch_size is not None and options.max_batch_size != graph_max:
+            dynamic = isinstance((graph_in[0]["shape"] or [None])[0], str)
+            if not dynamic or options.max_batch_size > graph_max:
                 raise BadInput(expected_got(f"max batch size for {artifact.name}",
-                                            f"<= the graph's batch range max {graph_max}" if graph_max else
-                                            "none (the graph's batch is fixed)", options.max_batch_size))
+                                            f"<= the graph's batch range max {graph_max}" if dynamic else
+                                            "none (the graph's batch is fixed; export with --dynamic-batch N)",
+                                            options.max_batch_size))
             max_batch = options.max_batch_size
         inputs = [_tensor(t, graph_max) for t in graph_in]
         outputs = [_tensor(t, graph_max) for t in graph_out]

@@ -41,6 +41,7 @@ from typing import Sequence
 from ..errors import BadInput, DeployKitError, expected_got
 
 INSTALL_HINT = "pip install 'deploykit[serving]'"
+SERVER_INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0"
 
 
 class ServerError(DeployKitError):
@@ -63,8 +64,8 @@ def bundled_server() -> Bundled:
     """Locate the tritonserver inside the installed nvidia-pytriton wheel; BadInput with the fix if missing."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise BadInput(expected_got("Triton Inference Server", f"the nvidia-pytriton package ({INSTALL_HINT})",
-                                    "not installed"))
+        raise BadInput(expected_got("Triton Inference Server", f"the nvidia-pytriton package ({SERVER_INSTALL_HINT}: "
+                                    "its bundled tritonserver, without its numpy<2 pin)", "not installed"))
     root = Path(list(spec.submodule_search_locations)[0])
     dist = root / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -294,12 +295,18 @@ class TritonServer:
         return code
 
     def kill(self) -> None:
-        """SIGKILL the server (no clean shutdown; for fault tests). Its stubs exit when they see it gone."""
+        """SIGKILL the tritonserver process (a crash: no clean shutdown; for fault tests). :meth:`stop`
+        then removes what it left: its Python stubs and shared memory."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
 
     def _cleanup(self) -> None:
+        if self.process is not None:  # stubs the server left behind (it crashed or was killed) go too
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
             try:
                 region.unlink()
@@ -340,3 +347,44 @@ def _ready(url: str) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def serve_until_signal(server: TritonServer, echo, timeout: float = 300.0) -> int:
+    """Start ``server``, print its endpoints, run until SIGINT/SIGTERM, then stop it cleanly.
+
+    Returns the exit code for the CLI: 0 after a signal, 2 when the server died by itself.
+    """
+    import threading
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        echo(f"starting {server.kind or 'tritonserver'} on {server.repository} ...")
+        server.start(timeout=timeout)
+        echo(f"ready: {server.kind}")
+        echo(f"  HTTP     {server.http_url}")
+        echo(f"  gRPC     {server.grpc_url}")
+        echo(f"  metrics  {server.metrics_url}")
+        for name, backend in server.models.items():
+            echo(f"  model    {name} ({backend})")
+        echo(f"  e.g.     deploykit infer --server {server.http_url} {next(iter(server.models))} IMAGE... -o out/")
+        echo("Ctrl-C or SIGTERM stops it; requests in flight complete first.")
+        while not stop.wait(0.5):
+            if not server.alive():
+                echo(f"error: tritonserver exited with code {server.process.returncode}: {server.failure()}")
+                return 2
+        echo(f"stopping ({signal.Signals(received[0]).name}): waiting for requests in flight "
+             f"(up to {server.exit_timeout} s) ...")
+        code = server.stop()
+        echo(f"stopped (tritonserver exit code {code})")
+        return 0
+    finally:
+        server.stop(timeout=10)  # idempotent; kills what a crash left behind
+        for s, handler in previous.items():
+            signal.signal(s, handler)
