@@ -13,12 +13,14 @@ model's config on the server (``deploykit triton`` stores the manifest facts the
 - a generator: label maps are checked and cast here; a float image output becomes uint8 as
   :class:`~deploykit.runtime.Generator` does.
 
-URLs: ``http://host:8000`` (the default scheme) or ``grpc://host:8001``. One Client per thread.
+URLs: ``http://host:8000`` (the default scheme) or ``grpc://host:8001``. A Client may be shared by
+threads: each thread gets its own connection (tritonclient's HTTP client lives on one thread's gevent hub).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
@@ -73,11 +75,9 @@ class Client:
         except ImportError:
             raise BadInput(expected_got("tritonclient", f"installed ({INSTALL_HINT})", "not installed")) from None
         self._tc, self._error_type = tc, InferenceServerException
-        if self.protocol == "grpc":
-            self._client = tc.InferenceServerClient(self.address)
-        else:
-            self._client = tc.InferenceServerClient(self.address, connection_timeout=self.timeout,
-                                                    network_timeout=self.timeout)
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
         try:
             self._configure(self._call(self._model_config))
         except BaseException:
@@ -85,6 +85,23 @@ class Client:
             raise
 
     # -- setup -------------------------------------------------------------------------------
+    @property
+    def _client(self) -> Any:
+        """This thread's tritonclient InferenceServerClient (made on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self._opened is None:
+                raise BadInput(expected_got(f"client for {self.url}", "an open client", "closed"))
+            if self.protocol == "grpc":
+                client = self._tc.InferenceServerClient(self.address)
+            else:
+                client = self._tc.InferenceServerClient(self.address, connection_timeout=self.timeout,
+                                                        network_timeout=self.timeout)
+            self._local.client = client
+            with self._lock:
+                self._opened.append(client)
+        return client
+
     def _model_config(self) -> dict[str, Any]:
         if self.protocol == "grpc":
             return self._client.get_model_config(self.model, self.version, as_json=True,
@@ -133,6 +150,8 @@ class Client:
             status = str(e.status() or "")
             text = (e.message() or str(e)).strip().splitlines()
             text = text[0] if text else type(e).__name__
+            if text.startswith("[request id:") and "] " in text:
+                text = text.split("] ", 1)[1]
             where = f"model {self.model!r} on {self.url}"
             if status in ("400", "StatusCode.INVALID_ARGUMENT"):
                 raise BadInput(f"{where}: the server rejected the request: {text}") from None
@@ -268,13 +287,14 @@ class Client:
                 "execution_count": int(stats.get("execution_count", 0)), "batches": batches}
 
     def close(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
+        """Close every thread's connection; the Client cannot be used afterwards."""
+        with self._lock:
+            opened, self._opened = self._opened or [], None
+        for client in opened:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 (closing a dead connection)
+            except Exception:  # noqa: BLE001 (a dead connection, or another thread's gevent hub)
                 pass
-            self._client = None
 
     def __enter__(self) -> "Client":
         return self

@@ -250,7 +250,9 @@ class TritonPythonModel:
         responses = []
         for result in results:
             if isinstance(result, Exception):
-                responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(_one_line(result))))
+                code = getattr(pb.TritonError, "INVALID_ARG" if isinstance(result, BadInput) else "INTERNAL", None)
+                error = pb.TritonError(_one_line(result)) if code is None else pb.TritonError(_one_line(result), code)
+                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[
                     _output_tensor(pb, name, np.ascontiguousarray(result[name], dtype=dtype))

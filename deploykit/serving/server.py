@@ -279,13 +279,19 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM and return: Triton stops taking requests and finishes those in flight. It exits
+        once no model has work left and clients have closed their HTTP connections, or after
+        ``exit_timeout`` s (exit code 1, "Exit timeout expired"). :meth:`stop` waits for that."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM: Triton stops taking requests, finishes those in flight (up to ``exit_timeout`` s) and exits.
-        SIGKILL after ``timeout`` (exit_timeout + 15 s). Returns the exit code."""
+        """:meth:`terminate`, wait for the exit (SIGKILL after ``timeout``, default exit_timeout + 15 s), remove
+        the workspace, shared memory and any leftover stub. Returns tritonserver's exit code."""
         code = None
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 code = self.process.wait(timeout=self.exit_timeout + 15 if timeout is None else timeout)
             except subprocess.TimeoutExpired:
@@ -307,6 +313,9 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            deadline = time.monotonic() + 10
+            while group_members(self.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
             try:
                 region.unlink()
@@ -323,6 +332,19 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``, from /proc (Linux)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _die_with_parent() -> None:
@@ -379,10 +401,10 @@ def serve_until_signal(server: TritonServer, echo, timeout: float = 300.0) -> in
             if not server.alive():
                 echo(f"error: tritonserver exited with code {server.process.returncode}: {server.failure()}")
                 return 2
-        echo(f"stopping ({signal.Signals(received[0]).name}): waiting for requests in flight "
-             f"(up to {server.exit_timeout} s) ...")
+        echo(f"stopping ({signal.Signals(received[0]).name}): requests in flight complete; clients' open HTTP "
+             f"connections are waited for up to {server.exit_timeout} s ...")
         code = server.stop()
-        echo(f"stopped (tritonserver exit code {code})")
+        echo(f"stopped (tritonserver exit code {code}" + (": exit timeout expired" if code == 1 else "") + ")")
         return 0
     finally:
         server.stop(timeout=10)  # idempotent; kills what a crash left behind

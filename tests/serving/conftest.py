@@ -46,7 +46,13 @@ def triton():
         server.stop(timeout=30)
 
 
-def same_detections(got, want, what=""):
+@pytest.fixture(scope="session")
+def same_detections():
+    """``same_detections(got, want, what)``: assert exact equality of two Detections."""
+    return _same_detections
+
+
+def _same_detections(got, want, what=""):
     """Exact equality of two Detections (boxes, scores, labels, class names)."""
     assert len(got) == len(want), f"{what}: {len(got)} vs {len(want)} detections"
     np.testing.assert_array_equal(got.boxes, want.boxes, err_msg=what)
