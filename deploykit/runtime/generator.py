@@ -59,28 +59,13 @@ def check_label_values(label_map: np.ndarray, label_range: tuple[int, int], dont
                                     f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
 
 
-class Generator(OwnsSession):
-    """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
+class GeneratorInputs:
+    """A generator's input checks from its manifest, without a session: :meth:`feed` builds the checked
+    input dict (label range, size, instance ids, ``z``) that the graph takes, locally or on a server."""
 
-    ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
-    [H, W, 3] uint8. ``label_map``: [H, W] integer array of raw labels (values as
-    in the training data: ``label_range`` plus the dontcare values, see
-    :attr:`allowed_labels`); ``instance_map``: [H, W] integer ids, required when the
-    model uses instance edges. H×W must equal :attr:`size` unless ``resize=True``
-    (nearest, as the upstream loader).
-    """
-
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, cuda_graph: bool = False):
-        self.session = load(path, threads=threads, cuda_graph=cuda_graph)
-        manifest = self.session.manifest
-        if not manifest:
-            raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",
-                                        "no manifest"))
-        self.manifest: dict[str, Any] = manifest
-        if self.manifest.get("kind") != "generator":
-            raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
-                                        f"kind {self.manifest.get('kind')!r}"))
-        pre = self.manifest["preprocessing"]
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        pre = manifest["preprocessing"]
         self.pre = pre
         self.size: tuple[int, int] = (int(pre["input_size"][0]), int(pre["input_size"][1]))
         self.label_range: tuple[int, int] = (int(pre["label_range"][0]), int(pre["label_range"][1]))
@@ -89,9 +74,9 @@ class Generator(OwnsSession):
         self.use_vae = bool(pre.get("use_vae", False))
         self.z_dim = pre.get("z_dim")
         self.dtypes = {k: np.dtype(v) for k, v in pre["input_dtypes"].items()}
-        batch = self.manifest["batch"]
+        batch = manifest["batch"]
         self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
-        self.output_kind = self.manifest.get("postprocessing", {}).get("output", "float")
+        self.output_kind = manifest.get("postprocessing", {}).get("output", "float")
 
     @property
     def allowed_labels(self) -> str:
@@ -151,6 +136,29 @@ class Generator(OwnsSession):
         if self.batch > 1:  # a static-batch artifact: repeat the image, keep the first result
             feed = {k: np.repeat(v, self.batch, axis=0) for k, v in feed.items()}
         return feed
+
+
+class Generator(GeneratorInputs, OwnsSession):
+    """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
+
+    ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
+    [H, W, 3] uint8. ``label_map``: [H, W] integer array of raw labels (values as
+    in the training data: ``label_range`` plus the dontcare values, see
+    :attr:`allowed_labels`); ``instance_map``: [H, W] integer ids, required when the
+    model uses instance edges. H×W must equal :attr:`size` unless ``resize=True``
+    (nearest, as the upstream loader).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, cuda_graph: bool = False):
+        self.session = load(path, threads=threads, cuda_graph=cuda_graph)
+        manifest = self.session.manifest
+        if not manifest:
+            raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",
+                                        "no manifest"))
+        if manifest.get("kind") != "generator":
+            raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
+                                        f"kind {manifest.get('kind')!r}"))
+        super().__init__(manifest)
 
     # -- run ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 from ..runtime.detector import Detections, rescale_boxes
-from ..runtime.generator import check_label_values, resize_nearest, to_uint8_image
+from ..runtime.generator import GeneratorInputs, to_uint8_image
 from ..runtime.preprocess import Preprocessing, preprocess_batch, to_rgb
 from .repository import NUMPY_DTYPES
 from .server import INSTALL_HINT, ServerError
@@ -131,13 +131,8 @@ class Client:
             else:
                 raise BadInput(expected_got(f"{where} inputs", "image, or images + image_sizes", sorted(self.inputs)))
         elif self.kind == "generator":
-            pre = self.facts.get("preprocessing") or {}
             self.mode = self.facts.get("interface", "graph")
-            self.size = tuple(int(v) for v in pre["input_size"])
-            self.label_range = (int(pre["label_range"][0]), int(pre["label_range"][1]))
-            self.dontcare_values = tuple(int(v) for v in pre.get("dontcare_values", []))
-            self.use_instance = bool(pre.get("use_instance"))
-            self.z_dim = int(pre["z_dim"]) if pre.get("use_vae") else None
+            self.generator_inputs = GeneratorInputs(self.facts)  # the runtime's own checks and feed
         else:
             raise BadInput(expected_got(f"{where} kind", "detector or generator", repr(self.kind)))
 
@@ -205,6 +200,10 @@ class Client:
         rgb = to_rgb(image, what)
         original = rgb.shape[:2]
         if self.mode == "pixels":
+            fixed = self.inputs["image"][1][-3:-1]
+            if all(d > 0 for d in fixed) and tuple(fixed) != tuple(original):
+                raise BadInput(expected_got(f"{what} size (H, W)", f"{tuple(fixed)} (model {self.model!r} takes a "
+                                            "fixed image size)", tuple(original)))
             out = self.infer({"image": self._fill_batch(rgb[None], "image")})
             resized = None
         else:
@@ -232,44 +231,11 @@ class Client:
         """One image, uint8 ``[H, W, 3]``, as :meth:`deploykit.runtime.Generator.generate` makes it."""
         if self.kind != "generator":
             raise BadInput(expected_got(f"model {self.model!r}", "a generator for generate()", self.kind))
-        lab = self._as_map(label_map, "label_map", resize)
-        check_label_values(lab, self.label_range, self.dontcare_values)
-        feed = {"label_map": lab.astype(self.inputs["label_map"][0])[None]}
-        if self.use_instance:
-            if instance_map is None:
-                raise BadInput(expected_got("instance_map", "an instance map (this generator uses instance edges)",
-                                            "none"))
-            inst = self._as_map(instance_map, "instance_map", resize)
-            info = np.iinfo(np.int32)
-            if inst.size and (inst.min() < info.min or inst.max() > info.max):
-                inst = np.unique(inst, return_inverse=True)[1].reshape(inst.shape)  # only id equality matters
-            feed["instance_map"] = inst.astype(np.int32)[None]
-        elif instance_map is not None:
-            raise BadInput(expected_got("instance_map", "none (this generator uses no instance edges)", "a map"))
-        if self.z_dim is not None:
-            if z is None:
-                z = np.random.default_rng(seed).standard_normal(self.z_dim)
-            z = np.asarray(z, np.float32).reshape(-1)
-            if z.shape != (self.z_dim,):
-                raise BadInput(expected_got("z shape", [self.z_dim], list(z.shape)))
-            feed["z"] = z[None]
-        feed = {k: self._fill_batch(v, k) for k, v in feed.items()}
+        feed = self.generator_inputs.feed(label_map, instance_map, z=z, seed=seed, resize=resize)
+        if self.mode == "pipeline":  # the pipeline batches on the server: one sample per request
+            feed = {k: v[:1] for k, v in feed.items()}
         image = self.infer(feed)["image"][0]
         return np.ascontiguousarray(image) if image.dtype == np.uint8 else to_uint8_image(image)
-
-    def _as_map(self, a: Any, what: str, resize: bool) -> np.ndarray:
-        a = np.asarray(a)
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[:, :, 0]
-        if a.ndim != 2:
-            raise BadInput(expected_got(f"{what} shape", "[H, W]", list(a.shape)))
-        if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-            raise BadInput(expected_got(f"{what} dtype", "an integer type (uint8, int32, ...)", str(a.dtype)))
-        if a.shape != self.size:
-            if not resize:
-                raise BadInput(expected_got(f"{what} size (H, W)", self.size, f"{tuple(a.shape)} (or resize=True)"))
-            a = resize_nearest(a, self.size)
-        return a
 
     # -- server facts --------------------------------------------------------------------------
     def statistics(self) -> dict[str, Any]:

@@ -35,10 +35,17 @@ def _parameters(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Handler:
-    """Runs one group of requests: ``run(feeds) -> [outputs dict or Exception per feed]``."""
+    """Runs one group of requests: ``run(feeds) -> [outputs dict or Exception per feed]``.
+
+    Subclasses open their runtime object (Detector, Generator or Session) in :meth:`open`.
+    """
 
     def __init__(self, artifact: Path, config: Mapping[str, Any], threads: int | None) -> None:
-        self.artifact, self.config, self.threads = artifact, config, threads
+        self.artifact, self.config = artifact, config
+        self.runner = self.open(artifact, threads)
+
+    def open(self, artifact: Path, threads: int | None) -> Any:
+        raise NotImplementedError
 
     def run(self, feeds: Sequence[Feed]) -> list[Feed | Exception]:
         """All feeds at once; if that fails on bad input, each feed alone so only the bad ones fail."""
@@ -59,27 +66,29 @@ class Handler:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        self.runner.close()
+
+
+def _split(out: Feed, counts: Sequence[int]) -> list[Feed]:
+    """Batched outputs back to the requests, ``counts[i]`` samples each, in order."""
+    results, start = [], 0
+    for n in counts:
+        results.append({k: v[start:start + n] for k, v in out.items()})
+        start += n
+    return results
 
 
 class DetectorPipeline(Handler):
-    def __init__(self, artifact: Path, config: Mapping[str, Any], threads: int | None) -> None:
+    def open(self, artifact: Path, threads: int | None) -> Any:
         from ..runtime.detector import Detector
 
-        super().__init__(artifact, config, threads)
-        self.detector = Detector(artifact, threads=threads)
-        boxes = next(o for o in config["output"] if o["name"] == "boxes")
+        boxes = next(o for o in self.config["output"] if o["name"] == "boxes")
         self.k = int(boxes["dims"][0])
+        return Detector(artifact, threads=threads)
 
     def _run_all(self, feeds: Sequence[Feed]) -> list[Feed]:
-        counts = [len(f["image"]) for f in feeds]
         images = [np.ascontiguousarray(image) for f in feeds for image in f["image"]]
-        dets = self.detector.predict(images)
-        results, start = [], 0
-        for n in counts:
-            results.append(self._pack(dets[start:start + n]))
-            start += n
-        return results
+        return _split(self._pack(self.runner.predict(images)), [len(f["image"]) for f in feeds])
 
     def _pack(self, dets: list) -> Feed:
         n, k = len(dets), self.k
@@ -93,16 +102,12 @@ class DetectorPipeline(Handler):
             out["labels"][i, :m] = d.labels
         return out
 
-    def close(self) -> None:
-        self.detector.close()
-
 
 class GeneratorPipeline(Handler):
-    def __init__(self, artifact: Path, config: Mapping[str, Any], threads: int | None) -> None:
+    def open(self, artifact: Path, threads: int | None) -> Any:
         from ..runtime.generator import Generator
 
-        super().__init__(artifact, config, threads)
-        self.generator = Generator(artifact, threads=threads)
+        return Generator(artifact, threads=threads)
 
     def _run_all(self, feeds: Sequence[Feed]) -> list[Feed]:
         results = []
@@ -111,47 +116,32 @@ class GeneratorPipeline(Handler):
             for i in range(len(f["label_map"])):
                 inst = f["instance_map"][i] if "instance_map" in f else None
                 z = f["z"][i] if "z" in f else None
-                images.append(self.generator.generate(f["label_map"][i], inst, z=z))
+                images.append(self.runner.generate(f["label_map"][i], inst, z=z))
             results.append({"image": np.stack(images)})
         return results
 
-    def close(self) -> None:
-        self.generator.close()
-
 
 class GraphHandler(Handler):
-    def __init__(self, artifact: Path, config: Mapping[str, Any], threads: int | None) -> None:
+    def open(self, artifact: Path, threads: int | None) -> Any:
         from ..runtime.session import load
 
-        super().__init__(artifact, config, threads)
-        self.session = load(artifact, threads=threads)
-        self.batched = int(config.get("max_batch_size") or 0) > 0
-        self.reshape = {o["name"]: [int(d) for d in o["dims"]] for o in config["output"] if o.get("reshape")}
+        self.batched = int(self.config.get("max_batch_size") or 0) > 0
+        self.reshape = {o["name"]: [int(d) for d in o["dims"]] for o in self.config["output"] if o.get("reshape")}
+        return load(artifact, threads=threads)
 
     def _run_all(self, feeds: Sequence[Feed]) -> list[Feed]:
         if not self.batched:
-            return [self._shape(self.session.run(f), None) for f in feeds]
-        counts = [len(next(iter(f.values()))) for f in feeds]
-        names = [s.name for s in self.session.inputs]
+            return [self.runner.run(f) for f in feeds]
+        names = [s.name for s in self.runner.inputs]
         missing = [n for n in names if any(n not in f for f in feeds)]
         if missing:
             raise BadInput(f"inputs {missing} missing from a request")
         feed = {n: np.concatenate([f[n] for f in feeds]) if len(feeds) > 1 else feeds[0][n] for n in names}
-        out = self._shape(self.session.run(feed), sum(counts))
-        results, start = [], 0
-        for n in counts:
-            results.append({k: v[start:start + n] for k, v in out.items()})
-            start += n
-        return results
-
-    def _shape(self, out: Feed, batch: int | None) -> Feed:
-        """Outputs as Triton's config declares them (a ``[B]`` graph output is ``[B, 1]`` with ``reshape``)."""
-        if batch is None:
-            return out
-        return {k: v.reshape(batch, *self.reshape[k]) if k in self.reshape else v for k, v in out.items()}
-
-    def close(self) -> None:
-        self.session.close()
+        counts = [len(f[names[0]]) for f in feeds]
+        out = self.runner.run(feed)
+        # outputs as Triton's config declares them (a [B] graph output is [B, 1] with `reshape`)
+        out = {k: v.reshape(sum(counts), *self.reshape[k]) if k in self.reshape else v for k, v in out.items()}
+        return _split(out, counts)
 
 
 HANDLERS = {("pipeline", "detector"): DetectorPipeline, ("pipeline", "generator"): GeneratorPipeline,
