@@ -320,3 +320,14 @@ def test_strings_survive_protobuf_text_format():
                             mc.ModelConfig())
     assert cfg.name == text and cfg.parameters["k"].string_value == text
     assert quote("x").startswith('"') and "\n" not in quote(text)
+
+
+@pytest.mark.parametrize("cmd, words", [
+    ("triton", ["--backend", "onnxruntime", "python-graph", "--max-queue-delay-us", "default: 1000",
+                "--trt-engine-cache", "--instances", "--gpus"]),
+    ("serve", ["--http-port", "default: 8000", "--grpc-port", "default: 8001", "--metrics-port", "default: 8002",
+               "--server", "--exit-timeout"]),
+])
+def test_help_explains_the_serving_commands(cmd, words):
+    out = CliRunner().invoke(main, [cmd, "--help"], terminal_width=200).output
+    assert all(w in out for w in words), out
