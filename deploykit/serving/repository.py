@@ -225,18 +225,31 @@ class ModelSpec:
 
 
 def _profile_shapes(manifest: dict[str, Any], max_batch_size: int) -> dict[str, tuple] | None:
-    """TensorRT EP profile shapes when the graph has dynamic dims and their ranges are known; else None."""
-    from ..runtime.tensorrt import profile_shapes
-
-    dynamic = any(isinstance(d, str) for spec in manifest.get("inputs") or [] for d in spec.get("shape") or [])
-    if not dynamic:
+    """TensorRT EP profile shapes ``{input: (min, opt, max)}`` when the graph has dynamic dims whose ranges the
+    manifest gives (``batch``: its batch range, widened to ``max_batch_size``; ``height``/``width``: the
+    pixels-in ``image_size_range``); else None (the TensorRT EP then builds engines as shapes come)."""
+    batch = manifest.get("batch") or {}
+    sizes = (manifest.get("preprocessing") or {}).get("image_size_range") or {}
+    ranges: dict[str, tuple] = {}
+    if all(isinstance(batch.get(k), int) for k in ("min", "opt", "max")):
+        ranges["batch"] = (batch["min"], batch["opt"], max(batch["max"], max_batch_size))
+    if all(isinstance(sizes.get(k), list) and len(sizes[k]) == 2 for k in ("min", "opt", "max")):
+        ranges["height"] = tuple(int(sizes[k][0]) for k in ("min", "opt", "max"))
+        ranges["width"] = tuple(int(sizes[k][1]) for k in ("min", "opt", "max"))
+    specs = manifest.get("inputs") or []
+    if not any(isinstance(d, str) for spec in specs for d in spec.get("shape") or []):
         return None
-    try:
-        shapes = profile_shapes(manifest)
-    except BadInput:  # a dynamic side without a range: the TensorRT EP builds engines as shapes come
-        return None
-    if max_batch_size:  # Triton may batch up to max_batch_size; the profile must cover it
-        shapes = {n: (s[0], s[1], (max(s[2][0], max_batch_size),) + s[2][1:]) for n, s in shapes.items()}
+    shapes = {}
+    for spec in specs:
+        per = []
+        for d in spec.get("shape") or []:
+            if isinstance(d, int):
+                per.append((d, d, d))
+            elif d in ranges:
+                per.append(ranges[d])
+            else:
+                return None
+        shapes[spec["name"]] = tuple(tuple(p[i] for p in per) for i in range(3))
     return shapes
 
 

@@ -6,12 +6,13 @@ backend, no GPU), so parsing and I/O agreement are what is tested for them."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from deploykit.cli import main
 from deploykit.errors import BadInput
@@ -158,86 +159,33 @@ def test_fp16_int8_configs_parse_and_agree_with_the_graphs(backend, quantized, t
         assert facts["precision"] == artifact.stem.rsplit("_", 1)[1]
 
 
-def _standin_graph(path, inputs, k=5):
-    """A small valid ONNX graph with a detector's outputs for the given inputs (computes nothing useful)."""
-    first = inputs[0]
-    nodes = [helper.make_node("Shape", [first[0]], ["shape"]),
-             helper.make_node("Slice", ["shape", "zero", "one"], ["b"]),
-             helper.make_node("Concat", ["b", "k4"], ["s_boxes"], axis=0),
-             helper.make_node("Concat", ["b", "k"], ["s_k"], axis=0),
-             helper.make_node("ConstantOfShape", ["b"], ["num_detections"],
-                              value=helper.make_tensor("v", TensorProto.INT32, [1], [0])),
-             helper.make_node("ConstantOfShape", ["s_boxes"], ["boxes"]),
-             helper.make_node("ConstantOfShape", ["s_k"], ["scores"]),
-             helper.make_node("ConstantOfShape", ["s_k"], ["labels"],
-                              value=helper.make_tensor("v", TensorProto.INT32, [1], [-1]))]
-    consts = [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-              helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-              helper.make_tensor("k4", TensorProto.INT64, [2], [k, 4]),
-              helper.make_tensor("k", TensorProto.INT64, [1], [k])]
-    outs = [helper.make_tensor_value_info("num_detections", TensorProto.INT32, ["batch"]),
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", k, 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", k]),
-            helper.make_tensor_value_info("labels", TensorProto.INT32, ["batch", k])]
-    ins = [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs]
-    graph = helper.make_graph(nodes, "standin", ins, outs, initializer=consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    spec = {TensorProto.UINT8: "uint8", TensorProto.FLOAT: "float32", TensorProto.INT32: "int32"}
-    io = [{"name": n, "dtype": spec[t], "shape": s} for n, t, s in inputs]
-    out_io = [{"name": "num_detections", "dtype": "int32", "shape": ["batch"]},
-              {"name": "boxes", "dtype": "float32", "shape": ["batch", k, 4]},
-              {"name": "scores", "dtype": "float32", "shape": ["batch", k]},
-              {"name": "labels", "dtype": "int32", "shape": ["batch", k]}]
-    return io, out_io
-
-
-def _standin(tmp_path, name, inputs, preprocessing, batch_max=4):
-    path = tmp_path / f"{name}.onnx"
-    ins, outs = _standin_graph(path, inputs)
-    write_manifest(path, {"kind": "detector", "model": {"name": "standin"}, "inputs": ins, "outputs": outs,
-                          "batch": {"dynamic": True, "min": 1, "opt": 2, "max": batch_max},
-                          "preprocessing": preprocessing, "postprocessing": {"max_detections": 5},
-                          "class_names": ["__background__", "a", "b"], "precision": {"mode": "fp32"}})
-    return path
-
-
-PIXELS_IN = {"in_graph": True, "input": "image", "layout": "NHWC", "color": "RGB", "input_dtype": "uint8",
-             "mode": "dynamic", "image_size_range": {"min": [64, 64], "opt": [240, 320], "max": [640, 640]}}
-
-
-def test_pixels_in_graph_config_dynamic_sides_and_batch(tmp_path):
-    """Contract 1's pixels-in graph (uint8 [batch, height, width, 3]): -1 sides, batch -> max_batch_size,
-    a [B] output as dims [1] with reshape [], no Python pre/post-processing in the native config."""
-    art = _standin(tmp_path, "pix", [("image", TensorProto.UINT8, ["batch", "height", "width", 3])], PIXELS_IN)
-    (model_dir,) = write_repository([art], tmp_path / "repo", options=RepositoryOptions(preferred_batch_sizes=(2, 4)))
+def test_pixels_in_graph_config_needs_no_python(demo_detector_pixels_onnx, tmp_path):
+    """A pixels-in export (uint8 image [batch, height, width, 3], boxes in the image's pixels): the native
+    config takes the image as it is (-1 sides), batch range -> max_batch_size, a [B] output as dims [1] +
+    reshape [], TensorRT profiles from the manifest's batch and image-size ranges; no deploykit code runs."""
+    art = demo_detector_pixels_onnx
+    manifest = read_manifest(art)
+    (model_dir,) = write_repository([art], tmp_path / "repo", options=RepositoryOptions(
+        preferred_batch_sizes=(2, 4), trt_engine_cache="/cache/trt", trt_workspace_mb=2048, instances=2,
+        gpus=(0, 1)))
     cfg = check_model_dir(model_dir, art, "onnxruntime")
     assert cfg.max_batch_size == 4 and list(cfg.input[0].dims) == [-1, -1, 3]
     num = cfg.output[0]
     assert (list(num.dims), list(num.reshape.shape), num.HasField("reshape")) == ([1], [], True)
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
-    assert list(cfg.model_warmup[0].inputs["image"].dims) == [240, 320, 3]  # the range's opt size
-    assert "deploykit_mode" not in cfg.parameters  # served as exported
-
-
-def test_dynamic_batch_tensor_graph_gets_tensorrt_profiles(tmp_path):
-    art = _standin(tmp_path, "dyn", [("images", TensorProto.FLOAT, ["batch", 3, 320, 320]),
-                                     ("image_sizes", TensorProto.FLOAT, ["batch", 2])],
-                   {"input_size": [320, 320], "mean": [0.5] * 3, "std": [0.25] * 3})
-    (model_dir,) = write_repository([art], tmp_path / "repo", options=RepositoryOptions(
-        trt_engine_cache="/cache/trt", trt_workspace_mb=2048, instances=2, gpus=(0, 1)))
-    cfg = check_model_dir(model_dir, art, "onnxruntime")
+    assert "deploykit_mode" not in cfg.parameters and not (model_dir / "1" / "model.py").exists()
+    sizes = manifest["preprocessing"]["image_size_range"]
+    h, w = sizes["opt"]
+    assert list(cfg.model_warmup[0].inputs["image"].dims) == [h, w, 3]  # the range's opt size
     params = dict(cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
+    shape = {k: "image:{}x{}x{}x3".format(b, *sizes[k]) for k, b in (("min", 1), ("opt", 1), ("max", 4))}
     assert params == {"max_workspace_size_bytes": str(2048 << 20), "trt_engine_cache_enable": "1",
-                      "trt_engine_cache_path": "/cache/trt",
-                      "trt_profile_min_shapes": "images:1x3x320x320,image_sizes:1x2",
-                      "trt_profile_opt_shapes": "images:2x3x320x320,image_sizes:2x2",
-                      "trt_profile_max_shapes": "images:4x3x320x320,image_sizes:4x2"}
+                      "trt_engine_cache_path": "/cache/trt", "trt_profile_min_shapes": shape["min"],
+                      "trt_profile_opt_shapes": shape["opt"], "trt_profile_max_shapes": shape["max"]}
     group = cfg.instance_group[0]
     assert (group.count, list(group.gpus)) == (2, [0, 1])
-    sizes = np.frombuffer((model_dir / "warmup" / "image_sizes").read_bytes(), np.float32)
-    assert sizes.tolist() == [320, 320]
+    (python_dir,) = write_repository([art], tmp_path / "repo_py", options=RepositoryOptions(backend="python"))
+    check_model_dir(python_dir, art, "python")  # the Python backend serves it too (tests/serving/test_serving.py)
 
 
 def test_tensorrt_plan_config_from_its_manifest(demo_detector_onnx, tmp_path):
@@ -277,9 +225,10 @@ def test_refusals_name_the_problem_and_write_nothing(demo_detector_onnx, tmp_pat
         assert not repo.exists()
 
 
-def test_manifest_that_disagrees_with_the_graph_is_refused(tmp_path):
-    art = _standin(tmp_path, "pix", [("image", TensorProto.UINT8, ["batch", "height", "width", 3])], PIXELS_IN)
-    manifest = read_manifest(art)
+def test_manifest_that_disagrees_with_the_graph_is_refused(demo_detector_pixels_onnx, tmp_path):
+    art = tmp_path / "pix.onnx"
+    shutil.copyfile(demo_detector_pixels_onnx, art)
+    manifest = read_manifest(demo_detector_pixels_onnx)
     manifest["inputs"][0]["dtype"] = "float32"
     write_manifest(art, manifest)
     with pytest.raises(BadInput, match="manifest of another file"):

@@ -26,11 +26,14 @@ PROTOCOLS = ("http", "grpc")
 
 
 @pytest.fixture(scope="module")
-def server(triton, demo_detector_onnx, demo_generator_onnx, tmp_path_factory):
+def server(triton, demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx, tmp_path_factory):
+    """det / pix / gen: deploykit's pipeline in the Python backend; *_graph: the graphs' own interface (what
+    Triton's ONNX Runtime backend takes), run by deploykit's Session in the Python backend."""
     repo = tmp_path_factory.mktemp("repository")
-    artifacts = [demo_detector_onnx, demo_generator_onnx]
-    write_repository(artifacts, repo, options=RepositoryOptions(backend="python", threads=1))
-    write_repository(artifacts, repo, names=["det_graph", "gen_graph"],
+    artifacts = [demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx]
+    write_repository(artifacts, repo, names=["det", "pix", "gen"], options=RepositoryOptions(backend="python",
+                                                                                             threads=1))
+    write_repository(artifacts, repo, names=["det_graph", "pix_graph", "gen_graph"],
                      options=RepositoryOptions(backend="python-graph", threads=1))
     return triton(repo)
 
@@ -45,19 +48,32 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def want(demo_detector_onnx, images):
-    """The in-process answers: same artifact, same backend (ONNX Runtime CPU), same thread count."""
-    with Detector(demo_detector_onnx, threads=1) as det:
-        return [det.predict(image) for image in images]
+def answers(demo_detector_onnx, demo_detector_pixels_onnx, images):
+    """The in-process answers per artifact: same file, same backend (ONNX Runtime CPU), same thread count."""
+    out = {}
+    for key, artifact in (("det", demo_detector_onnx), ("pix", demo_detector_pixels_onnx)):
+        with Detector(artifact, threads=1) as det:
+            out[key] = [det.predict(image) for image in images]
+    return out
+
+
+@pytest.fixture(scope="module")
+def want(answers):
+    return answers["det"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("model", ["det", "det_graph"])
-def test_held_out_detections_equal_the_in_process_detector(server, images, want, protocol, model, same_detections):
-    """`det`: pixels to the server, deploykit's pipeline there. `det_graph`: the native backends'
-    interface (the client preprocesses and maps boxes back, as it must for ONNX Runtime's backend)."""
+@pytest.mark.parametrize("model, mode", [("det", "pixels"), ("det_graph", "tensor"), ("pix", "pixels"),
+                                         ("pix_graph", "pixels")])
+def test_held_out_detections_equal_the_in_process_detector(server, images, answers, protocol, model, mode,
+                                                           same_detections):
+    """`det`: pixels to the server, deploykit's pipeline there. `det_graph`: a tensor-input graph's own
+    interface (the client preprocesses and maps boxes back, as it must for ONNX Runtime's backend).
+    `pix` / `pix_graph`: a pixels-in graph, through the pipeline and as the native backend would run it
+    (the image as it is, nothing done around the graph)."""
+    want = answers[model.split("_")[0]]
     with Client(url(server, protocol), model) as client:
-        assert client.kind == "detector" and client.mode == ("pixels" if model == "det" else "tensor")
+        assert client.kind == "detector" and client.mode == mode
         for i, image in enumerate(images):
             same_detections(client.predict(image), want[i], f"{protocol} {model} image {i} {image.shape}")
         for got, w in zip(client.predict(images[:3]), want[:3]):  # a list, as Detector.predict takes
