@@ -90,14 +90,11 @@ def test_front_end_matches_torchvision_transform():
 
 
 @pytest.fixture(scope="module")
-def demo_dynamic(tmp_path_factory):
-    """fasterrcnn_demo as built (its own min_size/max_size), pixels in, dynamic batch 1..4."""
-    net = models.build("fasterrcnn_demo")
-    path = tmp_path_factory.mktemp("dyn") / "demo_dynamic.onnx"
-    manifest = export_detector(net, path, input="image", dynamic_batch=4,
-                               model_info={"name": "fasterrcnn_demo", "checkpoint": None, "checkpoint_sha256": None,
-                                           "overrides": {}})
-    return net, path, manifest
+def demo_dynamic(demo_detector_pixels_onnx):
+    """fasterrcnn_demo as built (its own min_size/max_size), pixels in, dynamic batch 1..4 (session export)."""
+    from deploykit.manifest import read_manifest
+
+    return models.build("fasterrcnn_demo"), demo_detector_pixels_onnx, read_manifest(demo_detector_pixels_onnx)
 
 
 def test_dynamic_manifest_and_graph(demo_dynamic):
