@@ -57,7 +57,7 @@ def infer_detector(model_path: str | os.PathLike, image_paths: Iterable[str | os
         for start in range(0, len(paths), step):
             chunk = paths[start:start + step]
             images = [load_image(p) for p in chunk]
-            for path, image, dets in zip(chunk, images, detector.predict(images)):
+            for path, image, dets in zip(chunk, images, detector.predict(images, names=[f"image {p}" for p in chunk])):
                 dets = dets.above(min_score)
                 png_path, json_path = out_dir / f"{path.stem}.png", out_dir / f"{path.stem}.json"
                 drawn = draw_detections(image, dets, min_score=min_score)
