@@ -94,6 +94,16 @@ def test_export_then_infer_writes_json_and_png(runner, exported, tmp_path):
     assert Image.open(outdir / "shapes.png").size == Image.open(img).size
 
 
+def test_infer_image_outside_the_declared_size_range(runner, exported, tmp_path):
+    """The default export is pixels-in, dynamic: an image outside image_size_range is refused by name."""
+    manifest = json.loads(exported.with_suffix(".json").read_text())
+    assert manifest["preprocessing"]["in_graph"] and manifest["preprocessing"]["mode"] == "dynamic"
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((20, 500, 3), np.uint8)).save(tiny)
+    r = runner.invoke(main, ["infer", str(exported), str(tiny), "-o", str(tmp_path / "out")])
+    one_line_error(r, 2, "tiny.png size", "32..4096", "got 20x500")
+
+
 def test_infer_corrupt_image(runner, exported, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
