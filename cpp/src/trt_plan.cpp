@@ -1,0 +1,84 @@
+#include "trt_plan.hpp"
+
+#include <sstream>
+
+#include "error.hpp"
+
+namespace deploykit::core::trt {
+
+DType dtype_from_trt_name(const std::string& trt_name, const std::string& tensor) {
+    static const std::pair<const char*, DType> table[] = {
+        {"FLOAT", DType::float32}, {"HALF", DType::float16}, {"INT8", DType::int8},   {"INT32", DType::int32},
+        {"INT64", DType::int64},   {"BOOL", DType::boolean}, {"UINT8", DType::uint8},
+    };
+    for (const auto& [name, dtype] : table)
+        if (trt_name == name) return dtype;
+    bad_input("engine I/O '" + tensor + "' dtype", "one of BOOL, FLOAT, HALF, INT32, INT64, INT8, UINT8", trt_name);
+}
+
+size_t buffer_nbytes(const std::vector<int64_t>& shape, DType dtype) {
+    return element_count(shape, "buffer shape") * dtype_size(dtype);
+}
+
+ProfileShapes profile_shapes(const Manifest& manifest) {
+    BatchRange b = manifest.batch;
+    int64_t low = b.dynamic ? b.min : b.opt, opt = b.opt, high = b.dynamic ? b.max : b.opt;
+    ProfileShapes shapes;
+    for (const auto& spec : manifest.inputs) {
+        std::array<std::vector<int64_t>, 3> per;
+        for (size_t axis = 0; axis < spec.shape.size(); ++axis) {
+            const Dim& d = spec.shape[axis];
+            if (d.is_static()) {
+                for (auto& p : per) p.push_back(d.value);
+            } else if (d.symbol == "batch") {
+                per[0].push_back(low), per[1].push_back(opt), per[2].push_back(high);
+            } else {
+                bad_input("manifest input '" + spec.name + "' dim " + std::to_string(axis),
+                          "an int or 'batch' (the only dimension with a range)", "'" + d.symbol + "'");
+            }
+        }
+        shapes[spec.name] = per;
+    }
+    if (shapes.empty()) bad_input("manifest inputs", "at least one input", "none");
+    return shapes;
+}
+
+std::string version_text(int lib_version) {
+    return std::to_string(lib_version / 10000) + "." + std::to_string((lib_version / 100) % 100) + "." +
+           std::to_string(lib_version % 100);
+}
+
+namespace {
+std::vector<std::string> components(const std::string& version) {
+    std::vector<std::string> parts;
+    std::stringstream in(version);
+    for (std::string p; std::getline(in, p, '.');) parts.push_back(p);
+    return parts;
+}
+}  // namespace
+
+void check_compatible(const std::optional<TensorRTFacts>& built, const std::string& running_version,
+                      const std::string& compute_capability, const std::string& plan) {
+    if (!built) return;
+    if (!built->version.empty()) {
+        auto want = components(running_version), have = components(built->version);
+        bool same = have.size() >= want.size();
+        for (size_t i = 0; same && i < want.size(); ++i) same = want[i] == have[i];
+        if (!same)
+            bad_input("TensorRT engine " + plan, "built by the running TensorRT " + running_version,
+                      "built by TensorRT " + built->version + "; rebuild it with `deploykit build`");
+    }
+    if (!built->compute_capability.empty() && built->compute_capability != compute_capability)
+        bad_input("TensorRT engine " + plan, "built for this GPU (compute capability " + compute_capability + ")",
+                  "built for compute capability " + built->compute_capability + " (" +
+                      (built->gpu.empty() ? std::string("unknown GPU") : built->gpu) + "); rebuild it on this GPU");
+}
+
+bool within_profile(const std::vector<int64_t>& shape, const std::vector<int64_t>& min, const std::vector<int64_t>& max) {
+    if (shape.size() != min.size() || shape.size() != max.size()) return false;
+    for (size_t i = 0; i < shape.size(); ++i)
+        if (shape[i] < min[i] || shape[i] > max[i]) return false;
+    return true;
+}
+
+}  // namespace deploykit::core::trt
