@@ -51,6 +51,11 @@ inline const char* dtype_name(DType d) { return dk_dtype_name(static_cast<dk_dty
 enum class PixelFormat { RGB = DK_RGB, BGR = DK_BGR };
 
 struct Options {
+    static Options with_threads(int n) {
+        Options o;
+        o.threads = n;
+        return o;
+    }
     int threads = 0;                     // ONNX Runtime intra-op threads; 0: ONNX Runtime decides
     std::vector<std::string> providers;  // "tensorrt", "cuda", "cpu" best first; empty: all there are
     int device_id = 0;                   // CUDA device (CUDA/TensorRT providers, native TensorRT)
@@ -172,6 +177,10 @@ private:
 
 // A caller-owned uint8 H x W x 3 image; stride is bytes per row (0: width * 3).
 struct ImageView {
+    ImageView() = default;
+    ImageView(const uint8_t* data_, int width_, int height_, size_t stride_ = 0, PixelFormat format_ = PixelFormat::RGB,
+              int channels_ = 3)
+        : data(data_), width(width_), height(height_), stride(stride_), format(format_), channels(channels_) {}
     const uint8_t* data = nullptr;
     int width = 0;
     int height = 0;
@@ -228,6 +237,9 @@ private:
 
 // A caller-owned integer map (label or instance ids); stride is bytes per row (0: packed).
 struct MapView {
+    MapView() = default;
+    MapView(const void* data_, DType dtype_, int width_, int height_, size_t stride_ = 0)
+        : data(data_), dtype(dtype_), width(width_), height(height_), stride(stride_) {}
     const void* data = nullptr;
     DType dtype = DType::UInt8;  // UInt8, UInt16, Int32 or Int64
     int width = 0;
