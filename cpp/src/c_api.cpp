@@ -3,7 +3,9 @@
 #define DK_BUILDING
 #include "deploykit/deploykit.h"
 
+#include <cstring>
 #include <new>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -84,6 +86,15 @@ dk_status guarded(F&& body) {
         if (!(ptr)) return fail(DK_ERR_INVALID_ARGUMENT, std::string(what) + ": expected a non-NULL pointer, got NULL"); \
     } while (0)
 
+// The integer a caller put in an enum field. C callers can store any int there, and loading an
+// out-of-range value as a C++ enum is undefined: read the bytes instead.
+template <typename E>
+int raw_enum(const E& value) {
+    std::underlying_type_t<E> raw;
+    std::memcpy(&raw, &value, sizeof raw);
+    return static_cast<int>(raw);
+}
+
 SessionOptions options_of(const dk_options* options) { return options ? options->options : SessionOptions{}; }
 
 void view_of_spec(const TensorSpec& spec, dk_session::Spec& store) {
@@ -120,7 +131,9 @@ extern "C" {
 const char* dk_last_error(void) { return last_error.c_str(); }
 const char* dk_version(void) { return DEPLOYKIT_VERSION; }
 int dk_api_version(void) { return DK_API_VERSION; }
-const char* dk_dtype_name(dk_dtype dtype) { return dtype_valid(dtype) ? dtype_name(static_cast<DType>(dtype)) : "unknown"; }
+const char* dk_dtype_name(dk_dtype dtype) {
+    return dtype_valid(raw_enum(dtype)) ? dtype_name(static_cast<DType>(raw_enum(dtype))) : "unknown";
+}
 int dk_has_tensorrt(void) { return tensorrt_backend_compiled() ? 1 : 0; }
 
 dk_status dk_options_create(dk_options** out) {
@@ -229,7 +242,7 @@ dk_status dk_session_run(dk_session* session, const dk_tensor* inputs, size_t co
             const dk_tensor& t = inputs[i];
             std::string what = "input " + std::to_string(i);
             if (!t.name) bad_input(what + " name", "a string", "NULL");
-            if (!dtype_valid(t.dtype)) bad_input("input '" + std::string(t.name) + "' dtype", "a dk_dtype", std::to_string(int(t.dtype)));
+            if (!dtype_valid(raw_enum(t.dtype))) bad_input("input '" + std::string(t.name) + "' dtype", "a dk_dtype", std::to_string(raw_enum(t.dtype)));
             if (t.rank < 0 || (t.rank > 0 && !t.shape)) bad_input("input '" + std::string(t.name) + "' shape", "rank >= 0 dims", "rank " + std::to_string(t.rank) + (t.shape ? "" : " and a NULL shape"));
             feed.push_back({t.name, static_cast<DType>(t.dtype), std::vector<int64_t>(t.shape, t.shape + t.rank), t.data});
         }
@@ -283,9 +296,10 @@ dk_status dk_detector_predict(dk_detector* detector, const dk_image* images, siz
         std::vector<ImageView> views(count);
         for (size_t i = 0; i < count; ++i) {
             const dk_image& im = images[i];
-            views[i] = ImageView{im.data, im.width, im.height, im.channels ? im.channels : 3, im.stride, im.format == DK_BGR};
-            if (im.format != DK_RGB && im.format != DK_BGR)
-                bad_input("image " + std::to_string(i) + " format", "DK_RGB or DK_BGR", std::to_string(int(im.format)));
+            const int format = raw_enum(im.format);
+            if (format != DK_RGB && format != DK_BGR)
+                bad_input("image " + std::to_string(i) + " format", "DK_RGB or DK_BGR", std::to_string(format));
+            views[i] = ImageView{im.data, im.width, im.height, im.channels ? im.channels : 3, im.stride, format == DK_BGR};
         }
         auto result = std::make_unique<dk_detections>();
         result->detections = detector->detector->predict(views);
@@ -343,7 +357,7 @@ dk_status dk_generator_generate(dk_generator* generator, const dk_map* label_map
     DK_REQUIRE(label_map, "label_map");
     return guarded([&] {
         auto view = [](const dk_map& m) {
-            if (!dtype_valid(m.dtype)) bad_input("map dtype", "a dk_dtype", std::to_string(int(m.dtype)));
+            if (!dtype_valid(raw_enum(m.dtype))) bad_input("map dtype", "a dk_dtype", std::to_string(raw_enum(m.dtype)));
             return MapView{m.data, static_cast<DType>(m.dtype), m.width, m.height, m.stride};
         };
         MapView labels = view(*label_map);

@@ -4,6 +4,8 @@
 // exported pixels-in (fixed and dynamic), against the Python Detector.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <algorithm>
 #include <random>
 #include <set>
@@ -180,7 +182,9 @@ TEST(Detector, RefusesBadImagesWithOneLine) {
     // C API: a format that is neither RGB nor BGR
     dk_detector* raw = nullptr;
     ASSERT_EQ(dk_detector_create(fixtures::path("toy_dynamic").string().c_str(), nullptr, &raw), DK_OK);
-    dk_image im{ok.pixels.data(), 30, 40, 3, 0, static_cast<dk_pixel_format>(7)};
+    dk_image im{ok.pixels.data(), 30, 40, 3, 0, DK_RGB};
+    const int bad_format = 7;  // as a C caller could store it
+    std::memcpy(&im.format, &bad_format, sizeof bad_format);
     dk_detections* out = nullptr;
     EXPECT_EQ(dk_detector_predict(raw, &im, 1, &out), DK_ERR_BAD_INPUT);
     EXPECT_STREQ(dk_last_error(), "image 0 format: expected DK_RGB or DK_BGR, got 7");

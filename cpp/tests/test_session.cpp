@@ -3,6 +3,8 @@
 // sha256 mismatches, unknown manifest fields) -> a status and a one-line message, no crash.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <thread>
 
 #include "deploykit/deploykit.hpp"
@@ -229,7 +231,8 @@ TEST(CApi, StatusesAndLastErrorFromC) {
     dk_tensor in{"image", DK_UINT8, 4, shape, px.data(), nullptr};
     dk_outputs* out = nullptr;
     EXPECT_EQ(dk_session_run(s, &in, 1, nullptr), DK_ERR_INVALID_ARGUMENT);
-    in.dtype = static_cast<dk_dtype>(99);
+    const int bad_dtype = 99;  // as a C caller could store it
+    std::memcpy(&in.dtype, &bad_dtype, sizeof bad_dtype);
     EXPECT_EQ(dk_session_run(s, &in, 1, &out), DK_ERR_BAD_INPUT);
     EXPECT_STREQ(dk_last_error(), "input 'image' dtype: expected a dk_dtype, got 99");
     in.dtype = DK_UINT8;
@@ -251,7 +254,10 @@ TEST(CApi, StatusesAndLastErrorFromC) {
     dk_rgb_image_release(nullptr);
     dk_options_destroy(nullptr);
     EXPECT_STREQ(dk_dtype_name(DK_FLOAT16), "float16");
-    EXPECT_STREQ(dk_dtype_name(static_cast<dk_dtype>(0)), "unknown");
+    dk_dtype zero;
+    const int zero_value = 0;
+    std::memcpy(&zero, &zero_value, sizeof zero);
+    EXPECT_STREQ(dk_dtype_name(zero), "unknown");
     EXPECT_EQ(dk_api_version(), DK_API_VERSION);
 }
 
