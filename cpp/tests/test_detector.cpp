@@ -4,14 +4,14 @@
 // exported pixels-in (fixed and dynamic), against the Python Detector.
 #include <gtest/gtest.h>
 
-#include <cstring>
-
 #include <algorithm>
+#include <cstring>
 #include <random>
 #include <set>
-#include <tuple>
 #include <thread>
+#include <tuple>
 
+#include "api_helpers.hpp"
 #include "deploykit/deploykit.hpp"
 #include "fixtures.hpp"
 
@@ -19,19 +19,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-template <typename F>
-std::pair<dk_status, std::string> error_of(F&& body) {
-    try {
-        body();
-    } catch (const deploykit::Error& e) {
-        return {e.status(), e.what()};
-    }
-    ADD_FAILURE() << "no error thrown";
-    return {DK_OK, ""};
-}
-
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
 struct Image {
     int height, width;

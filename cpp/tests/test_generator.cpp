@@ -4,25 +4,13 @@
 
 #include <cmath>
 
+#include "api_helpers.hpp"
 #include "deploykit/deploykit.hpp"
 #include "fixtures.hpp"
 
 using nlohmann::json;
 
 namespace {
-
-template <typename F>
-std::pair<dk_status, std::string> error_of(F&& body) {
-    try {
-        body();
-    } catch (const deploykit::Error& e) {
-        return {e.status(), e.what()};
-    }
-    ADD_FAILURE() << "no error thrown";
-    return {DK_OK, ""};
-}
-
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
 struct Maps {
     std::vector<uint8_t> labels;

@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-
 #include <thread>
 
+#include "api_helpers.hpp"
 #include "deploykit/deploykit.hpp"
 #include "fixtures.hpp"
 
@@ -14,20 +14,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-// The status and message of the deploykit::Error `body` throws.
-template <typename F>
-std::pair<dk_status, std::string> error_of(F&& body) {
-    try {
-        body();
-    } catch (const deploykit::Error& e) {
-        return {e.status(), e.what()};
-    }
-    ADD_FAILURE() << "no error thrown";
-    return {DK_OK, ""};
-}
-
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
 deploykit::Tensor image_tensor(const std::vector<uint8_t>& pixels, std::vector<int64_t> shape) {
     return {"image", deploykit::DType::UInt8, std::move(shape), pixels.data()};
