@@ -1,7 +1,9 @@
-// bench_detector MODEL IMAGE.u8 HEIGHT WIDTH [ROUNDS]: deploykit::Detector::predict against a bare
+// bench_detector MODEL IMAGE.u8 HEIGHT WIDTH [ROUNDS] [bgr]: deploykit::Detector::predict against a bare
 // ONNX Runtime C++ Run on the same feed (the same uint8 [1, H, W, 3] tensor, 2 intra-op threads,
 // all graph optimisations: what the Detector's session uses), interleaved in one process,
-// medians. Prints one JSON line. Speed is reported, never asserted.
+// medians. With "bgr" the Detector gets the image in BGR order (converted while packing: one copy)
+// and the bare Run the RGB tensor; without it the Detector feeds the caller's RGB buffer as is.
+// Prints one JSON line. Speed is reported, never asserted.
 #include <onnxruntime/onnxruntime_cxx_api.h>
 
 #include <algorithm>
@@ -32,12 +34,13 @@ double time_ms(F&& f) {
 
 int main(int argc, char** argv) {
     if (argc < 5) {
-        std::cerr << "usage: bench_detector MODEL IMAGE.u8 HEIGHT WIDTH [ROUNDS]\n";
+        std::cerr << "usage: bench_detector MODEL IMAGE.u8 HEIGHT WIDTH [ROUNDS] [bgr]\n";
         return 2;
     }
     const std::string model = argv[1];
     const int height = std::stoi(argv[3]), width = std::stoi(argv[4]);
     const int rounds = argc > 5 ? std::stoi(argv[5]) : 15;
+    const bool bgr = argc > 6 && std::string(argv[6]) == "bgr";
     std::ifstream in(argv[2], std::ios::binary);
     std::vector<uint8_t> pixels((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (pixels.size() != size_t(height) * width * 3) {
@@ -46,7 +49,10 @@ int main(int argc, char** argv) {
     }
     try {
         deploykit::Detector detector(model, deploykit::Options::with_threads(2));
-        deploykit::ImageView view(pixels.data(), width, height);
+        std::vector<uint8_t> swapped(pixels);
+        for (size_t i = 0; i < swapped.size(); i += 3) std::swap(swapped[i], swapped[i + 2]);
+        deploykit::ImageView view(bgr ? swapped.data() : pixels.data(), width, height, 0,
+                                  bgr ? deploykit::PixelFormat::BGR : deploykit::PixelFormat::RGB);
 
         Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "bench");
         Ort::SessionOptions so;
@@ -85,7 +91,8 @@ int main(int argc, char** argv) {
             }
         }
         const double md = median(t_detector), mb = median(t_bare);
-        std::cout << "{\"image\": [" << height << ", " << width << "], \"rounds\": " << rounds
+        std::cout << "{\"image\": [" << height << ", " << width << "], \"bgr\": " << (bgr ? "true" : "false")
+                  << ", \"rounds\": " << rounds
                   << ", \"detector_ms\": " << md << ", \"bare_ort_run_ms\": " << mb
                   << ", \"overhead_pct\": " << 100.0 * (md / mb - 1.0) << ", \"detections\": " << found
                   << ", \"bare_num_detections\": " << bare_found << "}\n";

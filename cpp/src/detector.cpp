@@ -26,12 +26,50 @@ const std::vector<std::string> kPreprocessingKeys = {
 const std::vector<std::string> kPostprocessingKeys = {"raw", "score_threshold", "nms_iou", "max_detections",
                                                       "box_format", "box_coordinates", "padding", "rpn", "anchors"};
 
+// BGR -> RGB for one row while packing (non-aliasing pointers let the compiler keep it tight).
+void rgb_from_bgr(uint8_t* __restrict dst, const uint8_t* __restrict src, size_t pixels) {
+    for (size_t p = 0; p < pixels; ++p) {
+        dst[3 * p] = src[3 * p + 2];
+        dst[3 * p + 1] = src[3 * p + 1];
+        dst[3 * p + 2] = src[3 * p];
+    }
+}
+
 void expect_value(const json& section, const std::string& key, const std::string& want, const std::string& where) {
     std::string got = require_string(section, key, where);
     if (got != want) unsupported(where + " field '" + key + "'", "'" + want + "'", "'" + got + "'");
 }
 
 }  // namespace
+
+// A packing buffer from the Detector's pool, back to it when the call ends: large images do not
+// pay a fresh allocation (and its page faults) per call, and concurrent calls each get their own.
+class Detector::PackBuffer {
+public:
+    explicit PackBuffer(const Detector& owner) : owner_(owner) {
+        std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
+        if (!owner_.pool_.empty()) {
+            buffer_ = std::move(owner_.pool_.back());
+            owner_.pool_.pop_back();
+        }
+    }
+    ~PackBuffer() {
+        if (buffer_.empty()) return;
+        std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
+        if (owner_.pool_.size() < kKeep) owner_.pool_.push_back(std::move(buffer_));
+    }
+    PackBuffer(const PackBuffer&) = delete;
+    PackBuffer& operator=(const PackBuffer&) = delete;
+    void reserve(size_t bytes) {
+        if (buffer_.size() < bytes) buffer_.resize(bytes);
+    }
+    uint8_t* data() { return buffer_.data(); }
+
+private:
+    static constexpr size_t kKeep = 8;  // buffers kept for reuse (one per concurrent caller, up to 8)
+    const Detector& owner_;
+    std::vector<uint8_t> buffer_;
+};
 
 Detector::Detector(const std::filesystem::path& path, const SessionOptions& options)
     : session_(std::make_unique<Session>(path, options, /*require_manifest=*/true)), where_("detector " + path.string()) {
@@ -154,29 +192,25 @@ std::vector<std::vector<Detection>> Detector::predict_batch(const ImageView* ima
     const size_t row = static_cast<size_t>(w) * 3, plane = row * static_cast<size_t>(h);
 
     TensorView feed{input_, DType::uint8, {static_cast<int64_t>(batch), h, w, 3}, nullptr};
-    std::vector<uint8_t> packed;
+    PackBuffer packed(*this);
     const ImageView& first = images[0];
     if (batch == 1 && !first.bgr && (first.stride == 0 || first.stride == row)) {
         feed.data = first.data;  // already the tensor: no copy
     } else {
-        packed.assign(batch * plane, 0);
+        packed.reserve(batch * plane);  // every byte is written below
         for (size_t i = 0; i < count; ++i) {
             const ImageView& im = images[i];
             const size_t stride = im.stride ? im.stride : row;
             uint8_t* dst = packed.data() + i * plane;
             for (int64_t y = 0; y < h; ++y, dst += row) {
                 const uint8_t* src = im.data + static_cast<size_t>(y) * stride;
-                if (!im.bgr) {
+                if (im.bgr)
+                    rgb_from_bgr(dst, src, static_cast<size_t>(w));  // converted while packing
+                else
                     std::memcpy(dst, src, row);
-                    continue;
-                }
-                for (size_t x = 0; x < row; x += 3) {  // BGR -> RGB while packing
-                    dst[x] = src[x + 2];
-                    dst[x + 1] = src[x + 1];
-                    dst[x + 2] = src[x];
-                }
             }
         }
+        std::memset(packed.data() + count * plane, 0, (batch - count) * plane);  // blank fill images
         feed.data = packed.data();
     }
     Outputs out = session_->run({feed});

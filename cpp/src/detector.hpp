@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,7 @@ public:
     std::pair<int64_t, int64_t> max_size() const { return {max_h_, max_w_}; }
 
 private:
+    class PackBuffer;
     void configure();
     void check_image(const ImageView& image, const std::string& name) const;
     std::vector<std::vector<Detection>> predict_batch(const ImageView* images, size_t count, size_t offset) const;
@@ -56,6 +58,8 @@ private:
     int64_t batch_min_ = 1, batch_max_ = 1;
     int64_t fixed_h_ = -1, fixed_w_ = -1;  // the graph's static H/W, -1 when dynamic
     int64_t min_h_ = 1, min_w_ = 1, max_h_ = 0, max_w_ = 0;
+    mutable std::mutex pool_mutex_;
+    mutable std::vector<std::vector<uint8_t>> pool_;  // packing buffers for reuse
 };
 
 }  // namespace deploykit::core
