@@ -1,11 +1,16 @@
 """``deploykit build``: compile an exported ONNX file into a TensorRT 11 engine (``.plan``).
 
 TensorRT 11 is strongly typed: the precision is the ONNX graph's (fp16 casts,
-int8 Q/DQ), so the build is parse + build, with no precision flags:
-``Builder`` -> ``create_network()`` -> ``OnnxParser.parse`` -> builder config
+int8 Q/DQ), so the build is parse + build, with no precision flags. First, on
+the CPU, the graph is checked against TensorRT's ONNX-parser support matrix
+(:mod:`deploykit.export.trt_support`): a graph the parser would refuse stops
+here (exit 1, every violation listed) before TensorRT is even looked for. Then
+``init_libnvinfer_plugins`` (RoiAlign imports as the ``ROIAlign_TRT`` plugin)
+-> ``Builder`` -> ``create_network()`` -> ``OnnxParser.parse`` -> builder config
 (workspace limit, one optimisation profile from the manifest's batch range,
 timing cache) -> ``build_serialized_network``. The plan is written atomically
-and a manifest beside it records the TensorRT version, GPU and source ONNX sha256.
+and its manifest (``X.plan.json``) records the TensorRT version, GPU, source ONNX
+sha256 and the standard plugins the engine needs.
 
 No torch here.
 """
@@ -17,17 +22,23 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInput, expected_got
+from .errors import BadInput, CheckFailed, expected_got
+from .export.trt_support import Readiness, check_readiness, report_text
 from .fileio import sha256_file, write_bytes_atomic
 from .manifest import manifest_path, read_manifest, write_manifest
-from .runtime.tensorrt import _logger, gpu_info, profile_shapes, require
+from .runtime.tensorrt import _logger, gpu_info, init_plugins, profile_shapes, require
 
 DEFAULT_WORKSPACE_MB = 1024
 
 
 def plan_manifest(onnx_manifest: dict[str, Any], *, onnx_sha256: str, trt_version: str, gpu: str,
-                  compute_capability: str, workspace_mb: int) -> dict[str, Any]:
-    """The plan's manifest: a copy of the ONNX manifest, artifact format ``tensorrt-plan``, plus ``tensorrt``."""
+                  compute_capability: str, workspace_mb: int, plugins: list[str] | None = None) -> dict[str, Any]:
+    """The plan's manifest: a copy of the ONNX manifest, artifact format ``tensorrt-plan``, plus ``tensorrt``.
+
+    ``tensorrt.plugins`` lists the standard-library plugins the engine uses (e.g.
+    ``["ROIAlign_TRT v2"]``) and ``tensorrt.needs_standard_plugins`` says whether a
+    runtime must call ``initLibNvInferPlugins`` before deserialising it.
+    """
     manifest = copy.deepcopy(onnx_manifest)
     manifest["artifact"] = {"format": "tensorrt-plan"}  # file and sha256 are filled in by write_manifest
     manifest["tensorrt"] = {
@@ -37,8 +48,29 @@ def plan_manifest(onnx_manifest: dict[str, Any], *, onnx_sha256: str, trt_versio
         "source_onnx": onnx_manifest.get("artifact", {}).get("file"),
         "source_onnx_sha256": onnx_sha256,
         "workspace_mb": workspace_mb,
+        "plugins": list(plugins or []),
+        "needs_standard_plugins": bool(plugins),
     }
     return manifest
+
+
+def check_ready(onnx_path: Path, data: bytes, onnx_manifest: dict[str, Any],
+                echo: Callable[[str], None] = print) -> Readiness:
+    """TensorRT readiness of the ONNX file (CPU only): echo each violation, raise CheckFailed (exit 1) if any."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(expected_got(f"ONNX model {onnx_path}", "an ONNX protobuf", f"unreadable ({first})")) from None
+    readiness = check_readiness(model, onnx_manifest)
+    if not readiness.ok:
+        for line in report_text(readiness, onnx_path.name)[:-1]:
+            echo(line)
+        raise CheckFailed(expected_got(f"ONNX model {onnx_path}", "a graph inside TensorRT's ONNX-parser support "
+                                       "matrix", f"{len(readiness.violations)} violation(s), listed above"))
+    return readiness
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
@@ -46,8 +78,11 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
                  verbose: bool = False, echo: Callable[[str], None] = print) -> Path:
     """Build ``plan_path`` from ``onnx_path`` (with its manifest); return the plan's path.
 
-    Raises BadInput (one line) for a missing ONNX file or manifest, a bad
-    workspace size, an ONNX file TensorRT cannot parse (each parser error is
+    Raises CheckFailed (exit 1) when the graph breaks the TensorRT-readiness
+    rules (checked first, without TensorRT; each violation echoed on its own
+    line), e.g. an ``--ort-lowering`` graph (for ONNX Runtime CPU only). Raises
+    BadInput (one line) for a missing ONNX file or manifest, a bad workspace
+    size, an ONNX file TensorRT's parser still refuses (each parser error is
     echoed first, one per line), and when TensorRT, cuda-python or a GPU is
     missing (naming which, and ``pip install 'deploykit[tensorrt]'``).
     Nothing is written unless the build succeeds.
@@ -59,24 +94,28 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     if plan_path.suffix.lower() not in (".plan", ".engine"):
         raise BadInput(expected_got(f"output {plan_path}", "a file ending in .plan or .engine",
                                     repr(plan_path.suffix or "no suffix")))
-    if plan_path.resolve() == onnx_path.resolve() or manifest_path(plan_path).resolve() == manifest_path(
-            onnx_path).resolve():
-        raise BadInput(expected_got(f"output {plan_path}", "a path whose stem differs from the ONNX file's "
-                                    "(each artifact has its own manifest)", plan_path.name))
+    if plan_path.resolve() == onnx_path.resolve() or manifest_path(plan_path, legacy=False).resolve() == \
+            manifest_path(onnx_path).resolve():
+        raise BadInput(expected_got(f"output {plan_path}", "a path whose manifest differs from the ONNX file's "
+                                    f"({manifest_path(onnx_path).name}; each artifact has its own manifest)",
+                                    plan_path.name))
     if not isinstance(workspace_mb, int) or workspace_mb < 1:
         raise BadInput(expected_got("--workspace-mb", "a positive number of MiB", repr(workspace_mb)))
     onnx_manifest = read_manifest(onnx_path)  # verifies the sha256
     shapes = profile_shapes(onnx_manifest)
+    data = onnx_path.read_bytes()
+    readiness = check_ready(onnx_path, data, onnx_manifest, echo)
     require("deploykit build")
 
     import tensorrt as trt
 
     gpu, cc = gpu_info()
     logger = _logger(trt, verbose)
+    init_plugins(trt, logger)  # before parsing: RoiAlign imports as the ROIAlign_TRT plugin
     builder = trt.Builder(logger)
     network = builder.create_network()  # TensorRT 11: strongly typed, explicit batch
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
+    if not parser.parse(data, str(onnx_path)):
         for i in range(parser.num_errors):
             echo(f"  parser: {str(parser.get_error(i)).strip().splitlines()[0]}")
         raise BadInput(expected_got(f"ONNX model {onnx_path}", "a graph the TensorRT ONNX parser accepts",
@@ -109,7 +148,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     try:
         write_manifest(plan_path, plan_manifest(onnx_manifest, onnx_sha256=sha256_file(onnx_path),
                                                 trt_version=trt.__version__, gpu=gpu, compute_capability=cc,
-                                                workspace_mb=workspace_mb))
+                                                workspace_mb=workspace_mb, plugins=readiness.plugins))
     except BaseException:
         plan_path.unlink(missing_ok=True)  # no plan without its manifest
         raise

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import BadInput, DeployKitError, expected_got
+from .manifest import manifest_path
 
 
 def _fail_cleanly(fn):
@@ -42,6 +43,15 @@ def _parse_size(value: str | None, what: str = "--input-size") -> tuple[int, int
     except ValueError:
         raise BadInput(expected_got(what, "HxW (e.g. 800x800) or a single size S", repr(value))) from None
     return h, w
+
+
+def _parse_range(value: str | None) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 2:
+        raise BadInput(expected_got("--image-size-range", "MINHxMINW:MAXHxMAXW (e.g. 32x32:4096x4096)", repr(value)))
+    return _parse_size(parts[0], "--image-size-range"), _parse_size(parts[1], "--image-size-range")
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict:
@@ -104,8 +114,20 @@ def models_cmd() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="State dict to load (torchvision COCO .pth, NVlabs SPADE latest_net_G.pth). "
                    "Default: the bundled checkpoint for demo models, random weights otherwise.")
-@click.option("--input-size", help="Detector canvas HxW (multiples of 32). Default: the model's "
-                                   "(800x800 resnet50/mobilenet, 320x320 mobilenet 320 and demo, 600x600 vgg16).")
+@click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
+              help="Detector graph input. image: uint8 pixels [B,h,w,3] RGB of any size in --image-size-range; "
+                   "resize, normalisation, padding and the rescale of the boxes to the image happen in the graph. "
+                   "tensor: preprocessed float32 `images` [B,3,H,W] + `image_sizes` [B,2] (you preprocess).")
+@click.option("--input-size", help="Detector: a FIXED canvas HxW (multiples of 32): static shapes, anchors baked, "
+                                   "images fitted into it; parity is then against the model configured to the canvas "
+                                   "(min_size=max_size). Default: dynamic size -- the model's own resize "
+                                   "(min_size/max_size), anchors from the shapes, parity against the model as built.")
+@click.option("--image-size-range", default=None, metavar="MINHxMINW:MAXHxMAXW",
+              help="Detector, --input image: image sizes the graph accepts (and TensorRT's profile min/max). "
+                   "Default 32x32:4096x4096.")
+@click.option("--opt-image-size", default=None, metavar="HxW",
+              help="Detector, --input image: the TensorRT profile's opt image size. Default 720x1280 (clamped to "
+                   "the range).")
 @click.option("--batch", default=1, show_default=True, type=int, help="Static batch size.")
 @click.option("--dynamic-batch", type=int, default=None,
               help="Make the batch axis dynamic, accepting 1..MAX images (overrides --batch).")
@@ -128,16 +150,23 @@ def models_cmd() -> None:
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @_fail_cleanly
-def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_detections, score_threshold,
-               nms_iou, raw, emulate_padding, image_output, overrides, opset, quiet):
+def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range, opt_image_size, batch, dynamic_batch,
+               max_detections, score_threshold, nms_iou, raw, emulate_padding, image_output, overrides, opset, quiet):
     """Export MODEL (a name from `deploykit models`) to ONNX, checked against the graph rules.
 
     \b
-    Detector graph: inputs `images` float32 [B,3,H,W] (normalised, zero-padded) and
-    `image_sizes` float32 [B,2]; outputs `num_detections` int32 [B], `boxes` [B,K,4]
-    (x1,y1,x2,y2, network-input pixels), `scores` [B,K], `labels` int32 [B,K]; padding rows
-    have box 0, score 0, label -1. Anchors are baked for the canvas; NMS is ONNX NonMaxSuppression.
+    Detector graph (default: --input image, dynamic size): input `image` uint8 [B,h,w,3] RGB;
+    outputs `num_detections` int32 [B], `boxes` [B,K,4] (x1,y1,x2,y2 in the image's pixels),
+    `scores` [B,K], `labels` int32 [B,K]; padding rows have box 0, score 0, label -1.
+    --input tensor: inputs `images` float32 [B,3,H,W] (normalised, zero-padded) and
+    `image_sizes` float32 [B,2]; boxes in network-input pixels. NMS is ONNX NonMaxSuppression.
     SPADE graph: integer `label_map` [B,H,W] (+ `instance_map`), one-hot and edges in the graph.
+    \b
+    Examples:
+      deploykit export fasterrcnn_demo -o demo.onnx                        # pixels in, any size
+      deploykit export fasterrcnn_resnet50_fpn --checkpoint coco.pth -o r50.onnx
+      deploykit export fasterrcnn_demo --input-size 320x320 -o demo320.onnx  # fixed canvas
+      deploykit export fasterrcnn_demo --input tensor -o demo_t.onnx        # you preprocess
     """
     from . import models
 
@@ -153,19 +182,21 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
     else:
         from .export.detector import detector_class_names, export_detector, model_info
 
-        size = _parse_size(input_size) or e.default_size
+        size = _parse_size(input_size)
         ckpt = models.resolve_checkpoint(model, checkpoint)
-        build_kwargs = {"min_size": min(size), "max_size": max(size), **extra}
+        # a fixed canvas is compared with the model configured to it; a dynamic graph with the model as built
+        build_kwargs = ({"min_size": min(size), "max_size": max(size)} if size else {}) | extra
         progress(f"building {model}" + (f" from {ckpt}" if ckpt else " (random weights)"))
         net = models.build(model, ckpt, **build_kwargs)
         manifest = export_detector(
-            net, out, input_size=size, batch=batch, dynamic_batch=dynamic_batch, max_detections=max_detections,
-            score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw, emulate_padding=emulate_padding,
-            model_info=model_info(model, ckpt, build_kwargs), class_names=detector_class_names(model, net),
-            progress=progress)
+            net, out, input_size=size, input=input_kind, image_size_range=_parse_range(image_size_range),
+            opt_image_size=_parse_size(opt_image_size, "--opt-image-size"), batch=batch, dynamic_batch=dynamic_batch,
+            max_detections=max_detections, score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw,
+            emulate_padding=emulate_padding, model_info=model_info(model, ckpt, build_kwargs),
+            class_names=detector_class_names(model, net), progress=progress)
     ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["inputs"])
     outs = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["outputs"])
-    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {manifest_path(out)}")
     click.echo(f"  inputs:  {ins}\n  outputs: {outs}")
 
 
@@ -232,7 +263,7 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
                                  progress=not quiet,
                                  log=progress)
     p = manifest["precision"]
-    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {Path(out).with_suffix('.json')}")
+    click.echo(f"wrote {out} ({Path(out).stat().st_size / 1e6:.1f} MB) and {manifest_path(out)}")
     click.echo(f"  {p['mode']}: {p['low_precision_nodes']} nodes in reduced precision, "
                f"{len(p['kept_high_precision'])} kept FP32")
     b = p.get("budget")
@@ -452,6 +483,7 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
     report = run_parity(artifact, images_dir=images_dir, label_maps_dir=label_maps_dir,
                         instances_dir=instances_dir, threads=threads)
     console = Console(width=max(Console().width, 100))
+    console.print(f"reference: {report['reference']}", markup=False)
     table = Table(title=f"{report['model']} ({report['kind']}) vs PyTorch on {report['inputs']}")
     for col in ("output", "elements", "max abs", "mean abs", "p99 abs", "max rel"):
         table.add_column(col, justify="left" if col == "output" else "right")
@@ -520,6 +552,8 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
         table.add_row("PSNR (dB, peak 1)", f"{a['psnr_mean']:.2f}", f"{a['psnr_min']:.2f}")
         table.add_row("SSIM", f"{a['ssim_mean']:.5f}", f"{a['ssim_min']:.5f}")
     console.print(table)
+    if r.get("reference_model"):
+        console.print(f"reference: {r['reference_model']}", markup=False)
     if json_out:
         write_json_atomic(json_out, r)
         click.echo(f"wrote {json_out}")
@@ -614,10 +648,37 @@ def report_cmd(run_dir, out_path):
     click.echo(f"wrote {path}")
 
 
+@main.command("check")
+@click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path())
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report (ops, plugins, every violation) as JSON to this file.")
+@_fail_cleanly
+def check_cmd(onnx_model, json_path):
+    """Check MODEL.onnx for TensorRT, without TensorRT: every node's op, element types and
+    attributes inside the TensorRT ONNX parser's support matrix, shape tensors computed from
+    shapes only, no data-dependent output shapes, and (from the manifest) no --ort-lowering graph.
+
+    Exit 0 when ready, 1 listing every violation (node, op, what, expected, got), 2 for bad
+    input. The table and its source version: docs/tensorrt.md.
+    """
+    from .errors import CheckFailed
+    from .export.trt_support import check_file, report_text
+    from .fileio import write_json_atomic
+
+    readiness = check_file(onnx_model)
+    for line in report_text(readiness, Path(onnx_model).name):
+        click.echo(line)
+    if json_path:
+        write_json_atomic(json_path, {"file": str(onnx_model), **readiness.to_json()})
+    if not readiness.ok:
+        raise CheckFailed(expected_got(f"ONNX model {onnx_model}", "a graph ready for TensorRT",
+                                       f"{len(readiness.violations)} violation(s), listed above"))
+
+
 @main.command("build")
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Engine to write (MODEL.plan); its manifest goes beside it.")
+              help="Engine to write (MODEL.plan or MODEL.engine); its manifest goes beside it (MODEL.plan.json).")
 @click.option("--workspace-mb", default=1024, show_default=True, type=int, help="TensorRT workspace limit (MiB).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Timing cache file: read if it exists, written after the build (reuse it across builds).")
@@ -627,7 +688,10 @@ def build_cmd(onnx_model, out, workspace_mb, timing_cache, verbose):
     """Compile MODEL.onnx (exported by deploykit, with its manifest) into a TensorRT 11 engine.
 
     Strongly typed: the precision is the ONNX graph's. The optimisation profile comes
-    from the manifest's batch range. Needs `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
+    from the manifest's batch range. The graph is first checked for TensorRT on the CPU
+    (as `deploykit check` does): a graph TensorRT's parser would refuse, or an --ort-lowering
+    graph (ONNX Runtime CPU only), stops with exit 1 before TensorRT is needed. Needs
+    `pip install 'deploykit[tensorrt]'` and an NVIDIA GPU.
     """
     from .build import build_engine
 

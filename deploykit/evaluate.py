@@ -235,6 +235,7 @@ class DetectorEval:
             self.images, self.gt, self.image_ids = load_coco_dir(data, samples)
             self.source = str(data)
         self._reference: dict[str, float] | None = None
+        self.reference_model: str | None = None
 
     def _metrics(self, detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
         from .models.coco_eval import coco_metrics
@@ -251,10 +252,11 @@ class DetectorEval:
         """mAP numbers of the PyTorch reference (rebuilt from the manifest once, then cached)."""
         if self._reference is None:
             from .parity.detector import reference_detections
-            from .parity.reference import build_reference
+            from .parity.reference import build_reference, reference_description
 
             with _torch_threads(self.threads):
                 model = build_reference(self.manifest, self.artifact or "artifact")
+                self.reference_model = reference_description(self.manifest, model)
                 dets = []
                 with progress_bar(len(self.images), "PyTorch reference", self.progress) as advance:
                     for img in self.images:
@@ -283,6 +285,7 @@ class DetectorEval:
         manifest = _session_manifest(onnx_path) or self.manifest
         return {"kind": "detector", "path": str(onnx_path), "data": self.source, "images": len(self.images),
                 "precision": _precision(manifest), "artifact": art, "reference": ref,
+                "reference_model": self.reference_model,
                 "drop": {"map": 100 * (ref["map"] - art["map"]), "map50": 100 * (ref["map50"] - art["map50"])}}
 
 

@@ -1,4 +1,11 @@
-"""The JSON manifest written beside every artifact (same stem, ``.json``).
+"""The JSON manifest written beside every artifact.
+
+``model.onnx`` keeps its manifest at ``model.json``; a TensorRT plan ``model.plan``
+(or ``model.engine``) at ``model.plan.json`` (``model.engine.json``), so an engine
+named after its ONNX file (``deploykit build model.onnx -o model.plan``) has a
+manifest of its own. Plans built before that naming kept theirs at ``model.json``:
+readers fall back to it when its ``artifact.file`` names the plan.
+:func:`manifest_path` is the one place that decides.
 
 It is what lets a runtime, ``deploykit parity`` or a C++ app use an artifact
 without guessing. No torch here: the runtime reads manifests.
@@ -38,9 +45,34 @@ FORMAT = "deploykit-manifest/1"
 REQUIRED_KEYS = ("format", "kind", "artifact", "model", "inputs", "outputs", "batch")
 
 
-def manifest_path(artifact: str | os.PathLike) -> Path:
-    """``model.onnx`` -> ``model.json``."""
-    return Path(artifact).with_suffix(".json")
+PLAN_SUFFIXES = (".plan", ".engine")
+
+
+def manifest_path(artifact: str | os.PathLike, *, legacy: bool = True) -> Path:
+    """The manifest of ``artifact``: ``model.onnx`` -> ``model.json``, ``model.plan`` -> ``model.plan.json``.
+
+    With ``legacy`` (readers), a plan without ``model.plan.json`` whose older
+    ``model.json`` names it in ``artifact.file`` gets that ``model.json``; writers
+    pass ``legacy=False`` and always get the current name.
+    """
+    artifact = Path(artifact)
+    if artifact.suffix.lower() not in PLAN_SUFFIXES:
+        return artifact.with_suffix(".json")
+    current = artifact.with_name(artifact.name + ".json")
+    if legacy and not current.is_file():
+        old = artifact.with_suffix(".json")
+        if old.is_file() and _names_artifact(old, artifact.name):
+            return old
+    return current
+
+
+def _names_artifact(path: Path, name: str) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    art = data.get("artifact") if isinstance(data, dict) else None
+    return isinstance(art, dict) and art.get("file") == name
 
 
 def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:
@@ -56,7 +88,7 @@ def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Pat
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ValueError(f"manifest for {artifact}: missing keys {missing}")
-    path = manifest_path(artifact)
+    path = manifest_path(artifact, legacy=False)
     write_json_atomic(path, manifest)
     return path
 

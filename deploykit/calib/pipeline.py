@@ -18,6 +18,7 @@ from typing import Any, Callable
 import onnx
 
 from ..errors import BadInput, CheckFailed, expected_got
+from ..export.trt_support import check_trt
 from ..fileio import atomic_path
 from ..manifest import read_manifest, write_manifest
 from .budget import Budget, meet_budget, parse_budget, temp_artifact
@@ -130,6 +131,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
 
             count = write_calibration_cache(staged, calibration_cache)
             say(f"wrote {calibration_cache} ({count} tensors)")
+        check_trt(onnx.load(str(staged)), f"{precision} graph {out.name}")  # the final graph, nothing published yet
         _publish(staged, out)
     return read_manifest(out)
 

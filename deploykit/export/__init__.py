@@ -1,6 +1,19 @@
-"""PyTorch -> ONNX: export-friendly wrappers, graph rules, manifests."""
+"""PyTorch -> ONNX: export-friendly wrappers, graph rules, manifests.
+
+The graph rules (``check_graph``, ``graph_violations``, ``trt_support``) need only
+``onnx``; the exporter names are imported on first use, so ``deploykit build`` and
+``deploykit check`` can check a graph without importing torch.
+"""
 
 from .graph import check_graph, graph_violations
-from .onnx_export import DEFAULT_OPSET, export_module, versions
 
 __all__ = ["check_graph", "graph_violations", "export_module", "versions", "DEFAULT_OPSET"]
+_LAZY = {"export_module", "versions", "DEFAULT_OPSET"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import onnx_export
+
+        return getattr(onnx_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

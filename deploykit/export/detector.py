@@ -21,7 +21,9 @@ from ..models.detection_export import (
     RAW_OUTPUT_NAMES,
     ExportableFasterRCNN,
 )
-from .onnx_export import DEFAULT_OPSET, export_module, versions
+from .frontend import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
+from .graph import check_graph
+from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
 
 
 def _tensor_specs(model, names: list[str], dynamic: bool) -> list[dict[str, Any]]:
@@ -31,16 +33,67 @@ def _tensor_specs(model, names: list[str], dynamic: bool) -> list[dict[str, Any]
     specs = []
     for n in names:
         t = by_name[n].type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else "batch" for d in t.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
         specs.append({"name": n, "dtype": str(helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": shape})
     return specs
+
+
+DEFAULT_IMAGE_RANGE = ((32, 32), (4096, 4096))  # pixels-in graphs: smallest and largest (h, w) accepted
+DEFAULT_OPT_IMAGE = (720, 1280)  # the TensorRT profile's opt shape unless given (an HD frame)
+INPUTS = ("tensor", "image")
+
+
+def _check_options(input: str, input_size, batch: int, dynamic_batch, score_threshold, nms_iou,
+                   max_detections) -> None:
+    if input not in INPUTS:
+        raise BadInput(expected_got("--input", " or ".join(map(repr, INPUTS)), repr(input)))
+    if input_size is not None:
+        h, w = (int(x) for x in input_size)
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise BadInput(expected_got("--input-size", "HxW with H and W positive multiples of 32", f"{h}x{w}"))
+    if batch < 1:
+        raise BadInput(expected_got("--batch", "an integer >= 1", batch))
+    if dynamic_batch is not None and dynamic_batch < 1:
+        raise BadInput(expected_got("--dynamic-batch", "an integer >= 1", dynamic_batch))
+    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:
+        raise BadInput(expected_got("--score-threshold", "a value in [0, 1)", score_threshold))
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise BadInput(expected_got("--nms-iou", "a value in (0, 1]", nms_iou))
+    if max_detections is not None and not 1 <= max_detections <= 3840:
+        raise BadInput(expected_got("--max-detections", "an integer in [1, 3840] (TensorRT TopK limit)",
+                                    max_detections))
+
+
+def _image_range(image_size_range, opt_image_size, *, min_size: int, max_size: int,
+                 canvas: tuple[int, int] | None) -> dict[str, list[int]]:
+    """The accepted image sizes of a pixels-in graph, checked against the exact-size-arithmetic limits."""
+    low, high = image_size_range or DEFAULT_IMAGE_RANGE
+    low, high = (int(low[0]), int(low[1])), (int(high[0]), int(high[1]))
+    if not (1 <= low[0] <= high[0] <= MAX_SIDE and 1 <= low[1] <= high[1] <= MAX_SIDE):
+        raise BadInput(expected_got("--image-size-range", f"MINHxMINW:MAXHxMAXW with 1 <= min <= max <= {MAX_SIDE}",
+                                    f"{low[0]}x{low[1]}:{high[0]}x{high[1]}"))
+    opt = tuple(int(v) for v in (opt_image_size or (min(max(DEFAULT_OPT_IMAGE[0], low[0]), high[0]),
+                                                      min(max(DEFAULT_OPT_IMAGE[1], low[1]), high[1]))))
+    if not (low[0] <= opt[0] <= high[0] and low[1] <= opt[1] <= high[1]):
+        raise BadInput(expected_got("--opt-image-size", f"a size within {low[0]}x{low[1]}..{high[0]}x{high[1]}",
+                                    f"{opt[0]}x{opt[1]}"))
+    # the most elongated accepted images must still resize to >= 1 pixel per side
+    for h, w in ((low[0], high[1]), (high[0], low[1])):
+        rh, rw = torchvision_resized_size(h, w, min_size=min_size, max_size=max_size, canvas=canvas)
+        if min(rh, rw) < 1 or max(rh, rw) > MAX_RESIZED:
+            raise BadInput(expected_got("--image-size-range", "sizes whose resized sides are 1.."
+                                        f"{MAX_RESIZED} pixels", f"{h}x{w} -> {rh}x{rw}"))
+    return {"min": list(low), "opt": list(opt), "max": list(high)}
 
 
 def export_detector(
     model: FasterRCNN,
     out_path: str | os.PathLike,
     *,
-    input_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+    input: str = "tensor",
+    image_size_range: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    opt_image_size: tuple[int, int] | None = None,
     batch: int = 1,
     dynamic_batch: int | None = None,
     max_detections: int | None = None,
@@ -53,79 +106,145 @@ def export_detector(
     class_names: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Export ``model`` (any torchvision ``FasterRCNN``) for a fixed ``input_size`` canvas.
+    """Export ``model`` (any torchvision ``FasterRCNN``) to ``out_path``; write its manifest; return it.
 
-    Writes ``out_path`` and the manifest beside it; returns the manifest. The
-    reference for parity is ``model`` with its transform set to
-    ``min_size = max_size = S`` for a square canvas S (see docs/detector.md).
+    Two modes (docs/detector.md):
+
+    * **dynamic** (``input_size=None``): the network runs at the size torchvision's own
+      transform gives each image (``model.transform``'s min_size/max_size rule, padded to a
+      multiple of 32); anchors, RoI scales and levels come from the shapes. Parity is with
+      ``model`` exactly as configured.
+    * **fixed canvas** (``input_size=(H, W)``, multiples of 32): static shapes, anchors baked;
+      images are fitted into the canvas. Parity is with ``model`` configured to the canvas
+      (``min_size = max_size = S`` for a square canvas S).
+
+    ``input="image"``: the graph takes ``image`` uint8 [B, h, w, 3] RGB pixels of any size in
+    ``image_size_range`` and does the resize, normalisation, padding and the rescale of the
+    boxes to the original image inside (see :mod:`deploykit.export.frontend`).
+    ``input="tensor"``: the graph takes the preprocessed ``images`` and ``image_sizes``.
     """
     say = progress or (lambda msg: None)
-    h, w = (int(x) for x in input_size)
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise BadInput(expected_got("--input-size", "HxW with H and W positive multiples of 32", f"{h}x{w}"))
-    if batch < 1:
-        raise BadInput(expected_got("--batch", "an integer >= 1", batch))
-    if dynamic_batch is not None and dynamic_batch < 1:
-        raise BadInput(expected_got("--dynamic-batch", "an integer >= 1", dynamic_batch))
-    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:
-        raise BadInput(expected_got("--score-threshold", "a value in [0, 1)", score_threshold))
-    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-        raise BadInput(expected_got("--nms-iou", "a value in (0, 1]", nms_iou))
-    if max_detections is not None and not 1 <= max_detections <= 3840:
-        raise BadInput(expected_got("--max-detections", "an integer in [1, 3840] (TensorRT TopK limit)",
-                                    max_detections))
-    say(f"building export graph for {h}x{w} (anchors baked for this size)")
-    wrapper = ExportableFasterRCNN(model, (h, w), max_detections=max_detections, score_threshold=score_threshold,
-                                   nms_iou=nms_iou, raw=raw, emulate_padding=emulate_padding).eval()
+    _check_options(input, input_size, batch, dynamic_batch, score_threshold, nms_iou, max_detections)
+    dynamic = input_size is None
+    pixels = input == "image"
+    if raw and pixels and not dynamic:
+        raise BadInput(expected_got("--raw", "a tensor-input or dynamic graph", "--input image with --input-size"))
+    t = model.transform
+    # at test time torchvision resizes to min_size[-1] (a tuple of several is for training)
+    min_size = int(t.min_size[-1] if isinstance(t.min_size, (tuple, list)) else t.min_size)
+    max_size = int(t.max_size)
+    canvas = None if dynamic else (int(input_size[0]), int(input_size[1]))
+    image_range = (_image_range(image_size_range, opt_image_size, min_size=min_size, max_size=max_size,
+                                canvas=canvas) if pixels else None)
+    if dynamic:
+        say(f"building the dynamic-size export graph (min_size {min_size}, max_size {max_size}: the model's own "
+            "resize; anchors from the feature-map shapes)")
+    else:
+        say(f"building the export graph for the {canvas[0]}x{canvas[1]} canvas (anchors baked for this size)")
+    wrapper = ExportableFasterRCNN(model, canvas, max_detections=max_detections, score_threshold=score_threshold,
+                                   nms_iou=nms_iou, raw=raw, emulate_padding=emulate_padding and not dynamic,
+                                   rescale_boxes=pixels and not raw).eval()
+    d = wrapper.size_divisible
     b = max(batch, 2) if dynamic_batch is not None else batch
-    example = (torch.zeros(b, 3, h, w), torch.full((b, 2), float(min(h, w))))
+    names = list(INPUT_NAMES) + (["original_sizes"] if pixels else [])
     outputs = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
+    if dynamic:
+        top = -(-max_size // d)  # padded sides are at most max_size rounded up to size_divisible
+        ex_h, ex_w = min(8, top), min(7, top)
+        example = [torch.zeros(b, 3, ex_h * d, ex_w * d), torch.tensor([[ex_h * d - 5.0, ex_w * d - 3.0]] * b)]
+        dims = {2: d * torch.export.Dim("ph", min=1, max=top), 3: d * torch.export.Dim("pw", min=1, max=top)}
+    else:
+        example = [torch.zeros(b, 3, *canvas), torch.full((b, 2), float(min(canvas)))]
+        dims = {}
+    if pixels:
+        example.append(example[1] * 1.5)
+    batch_dim = {0: torch.export.Dim("batch", min=1, max=max(2, int(dynamic_batch)))} if dynamic_batch else {}
+    dynamic_shapes = tuple([{**batch_dim, **dims}] + [dict(batch_dim)] * (len(example) - 1))
+    if not any(dynamic_shapes):
+        dynamic_shapes = None
     say("exporting with torch.onnx.export(dynamo=True)")
-    onnx_model = export_module(wrapper, example, out_path, input_names=INPUT_NAMES, output_names=outputs,
-                               dynamic_batch=dynamic_batch, opset=opset,
-                               custom_translation_table=CUSTOM_TRANSLATIONS)
+    onnx_model = export_module(wrapper, tuple(example), None, input_names=names, output_names=outputs,
+                               dynamic_batch=dynamic_batch, opset=opset, custom_translation_table=CUSTOM_TRANSLATIONS,
+                               dynamic_shapes=dynamic_shapes, check=not pixels, static_outputs=not raw,
+                               dim_names={f"{d}*ph": "padded_height", f"{d}*pw": "padded_width"})
+    if pixels:
+        say("adding the pixels-in front end (resize, normalise, pad) and merging")
+        front = front_end(mean=tuple(t.image_mean), std=tuple(t.image_std), size_divisible=d,
+                          min_size=min_size if dynamic else None, max_size=max_size if dynamic else None,
+                          canvas=canvas, batch="batch" if dynamic_batch else batch, opset=opset)
+        onnx_model = attach_front_end(front, onnx_model)
+        check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not raw)
+    save_model(onnx_model, out_path)
     dyn = dynamic_batch is not None
     info = dict(model_info or {"name": type(model).__name__, "checkpoint": None, "checkpoint_sha256": None,
                                "overrides": {}})
-    t = model.transform
+    preprocessing: dict[str, Any] = {
+        "in_graph": pixels,
+        "input": input,
+        "mode": "dynamic" if dynamic else "fixed",
+        "resize": "torchvision" if dynamic else "fit",
+        "interpolation": "bilinear",
+        "mean": [float(x) for x in t.image_mean],
+        "std": [float(x) for x in t.image_std],
+        "pixel_scale": 1.0 / 255.0,
+        "input_dtype": "uint8" if pixels else "float32",
+        "layout": "NHWC" if pixels else "NCHW",
+        "color": "RGB",
+        "pad_value": 0.0,
+        "padding_emulation": wrapper.emulation is not None,
+        "size_divisible": d,
+        "reference_transform": ({"min_size": min_size, "max_size": max_size} if dynamic
+                                else {"min_size": min(canvas), "max_size": max(canvas)}),
+    }
+    if dynamic:
+        preprocessing.update({"min_size": min_size, "max_size": max_size})
+        if not pixels:
+            preprocessing["padded_size_range"] = {"min": [d, d], "max": [top * d, top * d]}
+    else:
+        preprocessing["input_size"] = list(canvas)
+    if pixels:
+        preprocessing["image_size_range"] = image_range
     manifest = {
         "kind": "detector",
         "model": info,
-        "inputs": _tensor_specs(onnx_model, INPUT_NAMES, dyn),
+        "inputs": _tensor_specs(onnx_model, ["image"] if pixels else list(INPUT_NAMES), dyn),
         "outputs": _tensor_specs(onnx_model, outputs, dyn),
         "batch": {"dynamic": dyn, "min": 1, "opt": 1 if dyn else batch, "max": int(dynamic_batch) if dyn else batch},
-        "preprocessing": {
-            "input_size": [h, w],
-            "resize": "fit",
-            "interpolation": "bilinear",
-            "mean": [float(x) for x in t.image_mean],
-            "std": [float(x) for x in t.image_std],
-            "pixel_scale": 1.0 / 255.0,
-            "input_dtype": "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "pad_value": 0.0,
-            "padding_emulation": emulate_padding,
-            "size_divisible": wrapper.size_divisible,
-            "reference_transform": {"min_size": min(h, w), "max_size": max(h, w)},
-        },
+        "preprocessing": preprocessing,
         "postprocessing": {
             "raw": raw,
             "score_threshold": wrapper.score_threshold,
             "nms_iou": wrapper.nms_iou,
             "max_detections": wrapper.max_detections,
             "box_format": "xyxy",
-            "box_coordinates": "network-input pixels",
+            "box_coordinates": "original-image pixels" if pixels and not raw else "network-input pixels",
             "padding": {"boxes": 0.0, "scores": 0.0, "labels": PAD_LABEL},
             "rpn": {"pre_nms_top_n": wrapper.rpn_pre_nms, "post_nms_top_n": wrapper.rpn_post_nms,
                     "nms_iou": wrapper.rpn_nms_thresh, "score_threshold": wrapper.rpn_score_thresh},
-            "anchors": int(wrapper.anchors.shape[0]),
+            "anchors": "from the feature-map shapes" if dynamic else int(wrapper.anchors.shape[0]),
         },
         "class_names": class_names or ["__background__"] + [f"class_{i}" for i in range(1, wrapper.num_classes)],
         "precision": {"mode": "fp32"},
         "versions": versions(opset),
     }
     return json.loads(write_manifest(out_path, manifest).read_text())
+
+
+def attach_front_end(front: "onnx.ModelProto", net: "onnx.ModelProto") -> "onnx.ModelProto":
+    """One graph: the front end's ``images``/``image_sizes``/``original_sizes`` feed the network's inputs."""
+    import onnx
+    from onnx import compose
+
+    links = [(o.name, o.name) for o in front.graph.output if o.name in {i.name for i in net.graph.input}]
+    merged = compose.merge_models(front, net, io_map=links, producer_name=net.producer_name,
+                                  producer_version=net.producer_version)
+    merged.graph.name = net.graph.name
+    # the network's former input declarations would pin shapes the front end computes
+    keep = {vi.name for vi in merged.graph.value_info} - {a for a, _ in links}
+    vis = [vi for vi in merged.graph.value_info if vi.name in keep]
+    del merged.graph.value_info[:]
+    merged.graph.value_info.extend(vis)
+    return onnx.shape_inference.infer_shapes(merged, data_prop=True)
 
 
 def model_info(name: str, checkpoint: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Graph rules every exported ONNX file must satisfy (DESIGN.md, "Verification rules").
 
 ``check_graph`` collects every violation and raises one :class:`CheckFailed`
-listing them, so a user fixing an export sees all problems at once.
+listing them, so a user fixing an export sees all problems at once. The rules
+include TensorRT readiness (:mod:`deploykit.export.trt_support`: every op, type
+and attribute inside the TensorRT ONNX parser's support matrix), so a graph
+TensorRT cannot parse fails its export or quantization on the CPU.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ import onnx
 from onnx import shape_inference
 
 from ..errors import CheckFailed
+from .trt_support import trt_violations
 
 FORBIDDEN_OPS = {
     "If", "Loop", "Scan",
     "SequenceConstruct", "SequenceAt", "SequenceEmpty", "SequenceInsert", "SequenceErase",
     "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap",
 }
-MAX_TOPK = 3840  # TensorRT's TopK limit
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
@@ -35,16 +38,15 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
-def _const_value(name: str, inits: dict[str, onnx.TensorProto], consts: dict[str, onnx.TensorProto]):
-    from onnx import numpy_helper
-
-    t = inits.get(name) or consts.get(name)
-    return None if t is None else numpy_helper.to_array(t)
-
-
 def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
-                     allowed_domains: tuple[str, ...] = ()) -> list[str]:
-    """Return a list of human-readable rule violations (empty when the graph is fine)."""
+                     allowed_domains: tuple[str, ...] = (), tensorrt: bool = True,
+                     static_outputs: bool = True) -> list[str]:
+    """Return a list of human-readable rule violations (empty when the graph is fine).
+
+    ``tensorrt``: include the TensorRT-readiness rules (on by default; custom-domain
+    graphs allowed by ``allowed_domains`` are meant for plugins and skip them).
+    ``static_outputs=False``: outputs may have dynamic axes (raw tensors of a dynamic graph).
+    """
     problems: list[str] = []
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -57,13 +59,6 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
         inferred = model
 
     g = inferred.graph
-    inits = {t.name: t for t in g.initializer}
-    consts = {}
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = a.t
     known = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
     allowed = STANDARD_DOMAINS | set(allowed_domains)
     for n in g.node:
@@ -72,12 +67,6 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
             problems.append(f"{where}: control-flow/sequence op not allowed")
         if n.domain not in allowed:
             problems.append(f"{where}: custom domain {n.domain!r} not allowed")
-        if n.op_type == "TopK" and len(n.input) > 1:
-            k = _const_value(n.input[1], inits, consts)
-            if k is None:
-                problems.append(f"{where}: K is not a constant (TensorRT needs K <= {MAX_TOPK} known at build time)")
-            elif int(k.reshape(-1)[0]) > MAX_TOPK:
-                problems.append(f"{where}: K = {int(k.reshape(-1)[0])} exceeds TensorRT's limit {MAX_TOPK}")
         for out in n.output:
             if out and out not in known:
                 problems.append(f"{where}: output {out!r} has no inferred type/shape")
@@ -93,18 +82,22 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
         for i, d in enumerate(dims):
             if isinstance(d, int):
                 continue
-            if i == 0 and dynamic_batch:
+            if (i == 0 and dynamic_batch) or not static_outputs:
                 continue
             problems.append(f"graph output {o.name!r}: dimension {i} is {d!r}, expected a static size")
+    if tensorrt and not allowed_domains:
+        problems.extend(v.line() for v in trt_violations(inferred, inferred=True))
     # de-duplicate while keeping order
     seen: set[str] = set()
     return [p for p in problems if not (p in seen or seen.add(p))]
 
 
 def check_graph(model: onnx.ModelProto, *, dynamic_batch: bool = False,
-                allowed_domains: tuple[str, ...] = ()) -> None:
-    """Raise :class:`CheckFailed` naming every rule the graph breaks."""
-    problems = graph_violations(model, dynamic_batch=dynamic_batch, allowed_domains=allowed_domains)
+                allowed_domains: tuple[str, ...] = (), static_outputs: bool = True) -> None:
+    """Raise :class:`CheckFailed` naming every rule the graph breaks (``static_outputs=False``:
+    outputs may have dynamic axes, e.g. raw detector tensors of a dynamic-size graph)."""
+    problems = graph_violations(model, dynamic_batch=dynamic_batch, allowed_domains=allowed_domains,
+                                static_outputs=static_outputs)
     if problems:
         shown = "; ".join(problems[:8])
         more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""

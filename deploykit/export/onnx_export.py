@@ -108,7 +108,7 @@ def _make_deterministic(model: onnx.ModelProto) -> None:
 def export_module(
     module: torch.nn.Module,
     example_inputs: tuple,
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | None,
     *,
     input_names: Sequence[str],
     output_names: Sequence[str],
@@ -116,17 +116,23 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     custom_translation_table: dict | None = None,
     check: bool = True,
+    dynamic_shapes: tuple | None = None,
+    dim_names: dict[str, str] | None = None,
+    static_outputs: bool = True,
 ) -> onnx.ModelProto:
     """Export ``module(*example_inputs)`` to ``out_path`` and return the saved model.
 
     ``dynamic_batch``: ``None`` for a static batch (the examples' batch size), or
     the largest batch the graph must accept (axis 0 of every input and output is
-    then named ``batch``). The graph is checked against the rules in
-    :mod:`deploykit.export.graph` before anything is written; a failing graph
-    raises :class:`CheckFailed` and leaves no file behind.
+    then named ``batch``). ``dynamic_shapes`` (torch.export's, one entry per input)
+    replaces that for graphs with other dynamic axes; ``dim_names`` renames the
+    exporter's symbolic dimensions (e.g. ``{"32*h32": "padded_height"}``). The graph
+    is checked against the rules in :mod:`deploykit.export.graph` before anything is
+    written (``static_outputs=False`` lets outputs have dynamic axes); a failing graph
+    raises :class:`CheckFailed` and leaves no file behind. ``out_path=None`` only
+    returns the model.
     """
-    dynamic_shapes = None
-    if dynamic_batch is not None:
+    if dynamic_shapes is None and dynamic_batch is not None:
         batch = torch.export.Dim("batch", min=1, max=max(2, int(dynamic_batch)))
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     module = module.eval()
@@ -154,12 +160,28 @@ def export_module(
             dims = vi.type.tensor_type.shape.dim
             if len(dims) and not dims[0].HasField("dim_value"):
                 dims[0].dim_param = "batch"
+    if dim_names:
+        rename_dims(model, dim_names)
     _make_deterministic(model)
     if check:
-        check_graph(model, dynamic_batch=dynamic_batch is not None)
+        check_graph(model, dynamic_batch=dynamic_batch is not None, static_outputs=static_outputs)
+    if out_path is not None:
+        save_model(model, out_path)
+    return model
+
+
+def rename_dims(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Rename symbolic dimensions everywhere they appear (inputs, outputs, value_info)."""
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def save_model(model: onnx.ModelProto, out_path: str | os.PathLike) -> None:
+    """Write ``model`` atomically (a reader never sees a half-written file)."""
     with atomic_path(out_path) as tmp:
         onnx.save_model(model, str(tmp))
-    return model
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:

@@ -292,8 +292,8 @@ class SpadeExport(nn.Module):
             x = up(x)
             x = getattr(self, name)(x, seg(x.shape[2]))
         x = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
-        if self.output == "uint8":
-            x = torch.floor((x + 1.0) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        if self.output == "uint8":  # cast last: TensorRT cannot transpose UINT8 (an I/O-only type there)
+            x = torch.floor((x + 1.0) * 127.5 + 0.5).clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
         return x
 
 

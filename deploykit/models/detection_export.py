@@ -275,24 +275,29 @@ class ExportableFasterRCNN(nn.Module):
             ``model`` itself.
     """
 
-    def __init__(self, model: FasterRCNN, input_size: tuple[int, int], *, max_detections: int | None = None,
+    def __init__(self, model: FasterRCNN, input_size: tuple[int, int] | None, *, max_detections: int | None = None,
                  score_threshold: float | None = None, nms_iou: float | None = None, raw: bool = False,
-                 emulate_padding: bool = True):
+                 emulate_padding: bool = True, rescale_boxes: bool = False):
         super().__init__()
         if not isinstance(model, FasterRCNN):
             raise TypeError(f"model should be a torchvision FasterRCNN instead of {type(model).__name__}")
         model = model.eval()
         self.raw = raw
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.dynamic = input_size is None
+        self.rescale_boxes = rescale_boxes
+        self.input_size = None if self.dynamic else (int(input_size[0]), int(input_size[1]))
         self.box_head = model.roi_heads.box_head
         self.box_predictor = model.roi_heads.box_predictor
-        h, w = self.input_size
         self.size_divisible = int(getattr(model.transform, "size_divisible", 32))
         self.emulation: PaddingEmulation | None = None
-        if emulate_padding:
-            if h % self.size_divisible or w % self.size_divisible:
-                raise ValueError(f"input_size should be a multiple of size_divisible={self.size_divisible}, "
-                                 f"got {h}x{w}")
+        d = self.size_divisible
+        if self.dynamic:  # the padding is torchvision's own: nothing to emulate
+            h = w = 4 * d  # a probe size for the feature layout only
+        else:
+            h, w = self.input_size
+        if emulate_padding and not self.dynamic:
+            if h % d or w % d:
+                raise ValueError(f"input_size should be a multiple of size_divisible={d}, got {h}x{w}")
             self.emulation = PaddingEmulation((h, w))
             self.backbone = copy.deepcopy(model.backbone)
             self.rpn_head = copy.deepcopy(model.rpn.head)
@@ -307,15 +312,30 @@ class ExportableFasterRCNN(nn.Module):
             feats = self._features(torch.zeros(1, 3, h, w))
             feature_list = list(feats.values())
             anchors = rpn.anchor_generator(ImageList(torch.zeros(1, 3, h, w), [(h, w)]), feature_list)[0]
-        self.register_buffer("anchors", anchors.detach().clone(), persistent=False)
         a = self.rpn_head.cls_logits.out_channels
+        self.anchors_per_cell = a
+        self.num_levels = len(feature_list)
         self.anchors_per_level = [a * f.shape[-2] * f.shape[-1] for f in feature_list]
-        if self.emulation is not None:
-            self._anchor_tables(rpn.anchor_generator, feature_list, a)
         if sum(self.anchors_per_level) != anchors.shape[0]:
             raise ValueError(f"anchor count {anchors.shape[0]} does not match the RPN head's "
                              f"{sum(self.anchors_per_level)} predictions")
-        self.rpn_pre_nms = [min(rpn._pre_nms_top_n["testing"], n) for n in self.anchors_per_level]
+        cells = rpn.anchor_generator.cell_anchors
+        if len(cells) != self.num_levels or any(c.shape[0] != a for c in cells):
+            raise ValueError(f"the anchor generator has {[c.shape[0] for c in cells]} anchors per cell on "
+                             f"{len(cells)} levels; the RPN head predicts {a} per cell on {self.num_levels}")
+        for lvl, cell in enumerate(cells):
+            self.register_buffer(f"cell_anchors_{lvl}", cell.to(torch.float32).clone(), persistent=False)
+        pre_nms = int(rpn._pre_nms_top_n["testing"])
+        if self.dynamic:
+            # every level gives exactly pre_nms candidates: a level with fewer anchors is padded
+            # with candidates that can never be selected (torchvision takes min(pre_nms, n))
+            self.register_buffer("anchors", torch.zeros(0, 4), persistent=False)
+            self.rpn_pre_nms = [pre_nms] * self.num_levels
+        else:
+            self.register_buffer("anchors", anchors.detach().clone(), persistent=False)
+            if self.emulation is not None:
+                self._anchor_tables(rpn.anchor_generator, feature_list, a)
+            self.rpn_pre_nms = [min(pre_nms, n) for n in self.anchors_per_level]
         self.rpn_post_nms = min(rpn._post_nms_top_n["testing"], sum(self.rpn_pre_nms))
         self.rpn_nms_thresh = float(rpn.nms_thresh)
         self.rpn_min_size = float(rpn.min_size)
@@ -326,7 +346,7 @@ class ExportableFasterRCNN(nn.Module):
         level_onehot = levels[None, :] == torch.arange(len(self.rpn_pre_nms))[:, None]  # [L, N]
         self.register_buffer("level_onehot", level_onehot, persistent=False)
 
-        # RoI pooling layout, as MultiScaleRoIAlign infers it for this canvas
+        # RoI pooling layout, as MultiScaleRoIAlign infers it (for the canvas; per input when dynamic)
         pool = heads.box_roi_pool
         # MultiScaleRoIAlign keeps the backbone's levels whose names it lists, in the backbone's order
         names = [k for k in feats if k in pool.featmap_names]
@@ -403,7 +423,28 @@ class ExportableFasterRCNN(nn.Module):
         return torch.stack((sx, sy, sx, sy), dim=-1) + getattr(self, f"anchor_base_{lvl}").unsqueeze(0), valid
 
     # ---- RPN ---------------------------------------------------------------------------------
-    def _rpn(self, features: list[Tensor], sizes: Tensor, padded: Tensor | None):
+    def _grid_anchors(self, lvl: int, feature: Tensor, images: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Anchors of level ``lvl`` from the shapes, as torchvision's ``AnchorGenerator.grid_anchors``.
+
+        The stride is ``padded image size // feature size`` per axis; anchor ``i`` of the
+        level's (y, x, a) layout is ``cell_anchors[a] + (x·sw, y·sh, x·sw, y·sh)``. With
+        ``idx`` [B, k] only those anchors are made ([B, k, 4]); without it every anchor ([n, 4]).
+        """
+        fh, fw = feature.shape[-2], feature.shape[-1]
+        stride_h = images.shape[-2] // fh
+        stride_w = images.shape[-1] // fw
+        a = self.anchors_per_cell
+        if idx is None:
+            idx = torch.arange(fh * fw * a, device=feature.device)
+        cell = torch.div(idx, a, rounding_mode="floor")
+        which = idx - cell * a
+        y = torch.div(cell, fw, rounding_mode="floor")
+        x = cell - y * fw
+        sx = (x * stride_w).to(torch.float32)
+        sy = (y * stride_h).to(torch.float32)
+        return torch.stack((sx, sy, sx, sy), dim=-1) + getattr(self, f"cell_anchors_{lvl}")[which]
+
+    def _rpn(self, features: list[Tensor], sizes: Tensor, padded: Tensor | None, images: Tensor):
         objectness, deltas = self.rpn_head(features)
         b = features[0].shape[0]
         obj_levels, delta_levels = [], []
@@ -413,7 +454,9 @@ class ExportableFasterRCNN(nn.Module):
             delta_levels.append(d.reshape(b, a, 4, hh, ww).permute(0, 3, 4, 1, 2).reshape(b, hh * ww * a, 4))
         if self.raw:
             all_obj = torch.cat(obj_levels, 1)
-            all_props = decode_boxes(torch.cat(delta_levels, 1), self.anchors.unsqueeze(0), self.rpn_weights,
+            all_anchors = (torch.cat([self._grid_anchors(lvl, f, images) for lvl, f in enumerate(features)])
+                           if self.dynamic else self.anchors)
+            all_props = decode_boxes(torch.cat(delta_levels, 1), all_anchors.unsqueeze(0), self.rpn_weights,
                                      self.rpn_clip)
         else:
             all_obj = all_props = None
@@ -422,6 +465,19 @@ class ExportableFasterRCNN(nn.Module):
         top_obj, top_deltas, top_anchors, top_valid = [], [], [], []
         offset = 0
         for lvl, (o, d, n, k) in enumerate(zip(obj_levels, delta_levels, self.anchors_per_level, self.rpn_pre_nms)):
+            if self.dynamic:
+                # torchvision takes the top min(k, n); a constant-K TopK over the level padded with k
+                # candidates that lose to every real one gives the same set, plus unselectable rows
+                count = o.shape[1]
+                lowest = torch.finfo(o.dtype).min
+                vals, idx = torch.cat([o, o.new_full((b, k), lowest)], dim=1).topk(k, dim=1)
+                real = idx < count
+                idx = torch.where(real, idx, torch.zeros_like(idx))
+                top_obj.append(vals)
+                top_deltas.append(_gather_rows(d, idx))
+                top_anchors.append(self._grid_anchors(lvl, features[lvl], images, idx))
+                top_valid.append(real)
+                continue
             anchors, anchor_valid = self._level_anchors(lvl, offset, n, padded)
             if anchor_valid is not None:  # anchors torchvision does not have for this image never win
                 o = torch.where(anchor_valid, o, torch.full_like(o, -1e30))
@@ -450,7 +506,8 @@ class ExportableFasterRCNN(nn.Module):
         return proposals, top_score >= 0, all_obj, all_props
 
     # ---- RoI heads ---------------------------------------------------------------------------
-    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None) -> Tensor:
+    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None,
+                   sizes: Tensor) -> Tensor:
         """MultiScaleRoIAlign as one ONNX RoiAlign over a mosaic of the FPN levels.
 
         Each level map is edge-padded by one row/column (what torchvision's sampling reads
@@ -458,6 +515,8 @@ class ExportableFasterRCNN(nn.Module):
         level's tile (scale, then offset), so RoiAlign runs once per RoI instead of once per
         RoI and level. Level choice is the FPN rule torchvision's LevelMapper uses.
         """
+        if self.dynamic:
+            return self._roi_align_dynamic(feats, proposals, sizes)
         b, p = proposals.shape[0], proposals.shape[1]
         maps = [feats[name] for name in self.pool_names]
         if padded is not None:
@@ -478,6 +537,43 @@ class ExportableFasterRCNN(nn.Module):
         scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
         off = torch.tensor(offsets, dtype=flat.dtype)[lvl]  # [R, 2] = (x, y)
         shift = torch.cat([off, off], dim=1)
+        rois = torch.cat([batch_idx, flat * scale + shift], dim=1)
+        return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
+                                         sampling_ratio=self.pool_sampling, aligned=False)
+
+    def _roi_align_dynamic(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, sizes: Tensor) -> Tensor:
+        """MultiScaleRoIAlign for any input size: scales and levels inferred from the shapes.
+
+        As torchvision: each level's scale is ``2 ** round(log2(feature_h / image_h))`` with
+        image_h the largest resized (unpadded) height of the batch, the level range is
+        ``[-log2(scale_first), -log2(scale_last)]`` and each RoI's level is the FPN rule,
+        clamped to it. The levels are stacked in one mosaic (level 0 on top, each map edge-padded
+        by one row/column and zero-padded to level 0's width), so one RoiAlign pools every RoI.
+        """
+        b, p = proposals.shape[0], proposals.shape[1]
+        maps = [feats[name] for name in self.pool_names]
+        flat = proposals.reshape(b * p, 4)
+        batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
+        image_h = sizes[:, 0].max()
+        heights = torch.stack([torch.full((), f.shape[-2], dtype=torch.float32) for f in maps])  # [L]
+        log_scale = torch.round(torch.log2(heights / image_h))  # [L], integers
+        if len(maps) == 1:
+            rois = torch.cat([batch_idx, flat * torch.exp2(log_scale[0])], dim=1)
+            return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=1.0,
+                                             sampling_ratio=self.pool_sampling, aligned=False)
+        k_min, k_max = -log_scale[0], -log_scale[-1]
+        area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
+        lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + 1e-6)
+        lvl = (torch.minimum(torch.maximum(lvl, k_min), k_max) - k_min).to(torch.int64)
+        tiles = [torch.nn.functional.pad(f, (0, 1, 0, 1), mode="replicate") for f in maps]
+        width = tiles[0].shape[-1]
+        tiles = [tiles[0]] + [torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in tiles[1:]]
+        tops = torch.cumsum(torch.stack([torch.full((), t.shape[-2], dtype=torch.float32) for t in tiles]), 0)
+        tops = torch.cat([torch.zeros(1), tops[:-1]])  # [L] first row of each level's tile
+        mosaic = torch.cat(tiles, dim=2)
+        scale = torch.exp2(log_scale)[lvl].unsqueeze(1)  # [R, 1]
+        top = tops[lvl].unsqueeze(1)
+        shift = torch.cat([torch.zeros_like(top), top, torch.zeros_like(top), top], dim=1)
         rois = torch.cat([batch_idx, flat * scale + shift], dim=1)
         return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
                                          sampling_ratio=self.pool_sampling, aligned=False)
@@ -507,7 +603,7 @@ class ExportableFasterRCNN(nn.Module):
         num = found.to(torch.int32).sum(dim=1, dtype=torch.int32)
         return num, out_boxes, out_scores, out_labels
 
-    def forward(self, images: Tensor, image_sizes: Tensor):
+    def forward(self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None):
         padded = None
         if self.emulation is not None:
             d = float(self.size_divisible)
@@ -515,14 +611,32 @@ class ExportableFasterRCNN(nn.Module):
             self.emulation.valid = padded
         try:
             feats = self._features(images)
-            proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes, padded)
+            proposals, proposal_valid, all_obj, all_props = self._rpn(list(feats.values()), image_sizes, padded,
+                                                                      images)
         finally:
             if self.emulation is not None:
                 self.emulation.valid = None
-        pooled = self._roi_align(feats, proposals, padded)
+        pooled = self._roi_align(feats, proposals, padded, image_sizes)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
         b, p = proposals.shape[0], proposals.shape[1]
         if self.raw:
             return (all_obj, all_props, proposals, proposal_valid.to(torch.int32),
                     class_logits.reshape(b, p, -1), box_regression.reshape(b, p, -1))
-        return self._detections(class_logits, box_regression, proposals, proposal_valid, image_sizes)
+        num, boxes, scores, labels = self._detections(class_logits, box_regression, proposals, proposal_valid,
+                                                      image_sizes)
+        if self.rescale_boxes:
+            boxes = rescale_to_original(boxes, image_sizes, original_sizes)
+        return num, boxes, scores, labels
+
+
+def rescale_to_original(boxes: Tensor, resized: Tensor, original: Tensor) -> Tensor:
+    """torchvision's ``transform.postprocess``: boxes [B, K, 4] from resized to original pixels.
+
+    x is multiplied by ``original_w / resized_w`` and y by ``original_h / resized_h`` (float32,
+    as ``resize_boxes``), then clamped to the original image (the scaled clip of torchvision
+    can exceed it by a rounding ulp). ``resized``, ``original``: [B, 2] = (height, width).
+    """
+    ratio = original / resized  # [B, 2] (h, w)
+    rh, rw = ratio[:, 0:1], ratio[:, 1:2]
+    scaled = torch.stack((boxes[..., 0] * rw, boxes[..., 1] * rh, boxes[..., 2] * rw, boxes[..., 3] * rh), dim=-1)
+    return clip_to_sizes(scaled, original)

@@ -39,3 +39,24 @@ def build_reference(manifest: dict[str, Any], artifact: str | os.PathLike):
 
     name, checkpoint, overrides = reference_spec(manifest, artifact)
     return models.build(name, checkpoint, **overrides)
+
+
+def reference_description(manifest: dict[str, Any], model) -> str:
+    """Which PyTorch model a detector artifact is compared with, in one line.
+
+    A dynamic-size export is compared with the model exactly as built (its own transform);
+    a fixed-canvas export with the model configured to that canvas (min_size = max_size).
+    """
+    if manifest.get("kind") != "detector":
+        return f"{(manifest.get('model') or {}).get('name')} (FP32 PyTorch)"
+    t = model.transform
+    min_size = t.min_size[-1] if isinstance(t.min_size, (tuple, list)) else t.min_size
+    pre = manifest.get("preprocessing") or {}
+    name = (manifest.get("model") or {}).get("name")
+    where = "pixels in, pre/post-processing in the graph" if pre.get("in_graph") else "tensor input"
+    if pre.get("mode") == "dynamic":
+        return (f"{name} as built: torchvision transform min_size {min_size}, max_size {t.max_size} "
+                f"(dynamic-size graph, {where})")
+    size = pre.get("input_size") or ["?", "?"]
+    return (f"{name} configured to the {size[0]}x{size[1]} canvas: min_size {min_size}, max_size {t.max_size} "
+            f"(fixed-canvas graph, {where}; export without --input-size to compare with the model as built)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 from .metrics import match_detections, tensor_stats
-from .reference import reference_spec
+from .reference import reference_description, reference_spec
 
 DETECTOR_DEFAULT_IMAGES = 20
 GENERATOR_DEFAULT_MAPS = 8
@@ -295,4 +295,4 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
     finally:
         torch.set_num_threads(old_threads)
     return {"artifact": str(artifact), "kind": kind, "model": name, "checkpoint": checkpoint,
-            "overrides": overrides, "inputs": source, **body}
+            "overrides": overrides, "reference": reference_description(manifest, model), "inputs": source, **body}

@@ -1,17 +1,24 @@
-"""Detector pipeline: image(s) -> preprocessing -> exported detector graph -> boxes in original pixels.
+"""Detector pipeline: image(s) -> exported detector graph -> boxes in original pixels.
 
-The exported detector graph (see docs/runtime.md) takes
+A **pixels-in** graph (``deploykit export --input image``) takes ``image`` uint8
+``[B, h, w, 3]`` RGB and does torchvision's resize, normalisation, padding and the
+rescale of the boxes to the original image itself: :class:`Detector` only checks and
+stacks the images.
 
-- ``images`` float32 ``[B, 3, H, W]``: RGB / 255, normalised, resized to fit
-  ``H x W``, zero-padded bottom/right after normalisation;
+A **tensor-input** graph takes
+
+- ``images`` float32 ``[B, 3, H, W]``: RGB / 255, normalised, resized (to fit the
+  canvas ``H x W``, or by the model's min_size/max_size rule in dynamic mode),
+  zero-padded bottom/right after normalisation;
 - ``image_sizes`` float32 ``[B, 2]``: (height, width) of each resized image
   before padding (the graph clips boxes to it);
 
-and returns ``num_detections`` int32 ``[B]``, ``boxes`` float32 ``[B, K, 4]``
-(x1, y1, x2, y2 in network-input pixels), ``scores`` float32 ``[B, K]`` and
-``labels`` int32 ``[B, K]``, sorted by score, padded with box 0, score 0,
-label -1. :class:`Detector` adds torchvision's pre- and post-processing around
-it, in numpy.
+and boxes come back in network-input pixels; :class:`Detector` adds torchvision's
+pre- and post-processing around it, in numpy.
+
+Both return ``num_detections`` int32 ``[B]``, ``boxes`` float32 ``[B, K, 4]``
+(x1, y1, x2, y2), ``scores`` float32 ``[B, K]`` and ``labels`` int32 ``[B, K]``,
+sorted by score, padded with box 0, score 0, label -1.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInput, expected_got
-from .preprocess import Preprocessing, preprocess_batch, to_rgb
+from ..manifest import manifest_path
+from .preprocess import Preprocessing, pixel_batch, preprocess_batch, to_rgb
 from .session import OwnsSession, Session, load
 
 INPUTS = ("images", "image_sizes")
+PIXEL_INPUTS = ("image",)
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
 
 
@@ -126,7 +135,7 @@ class Detector(OwnsSession):
         session, where = self.session, f"detector {self.session.path}"
         manifest = session.manifest
         if manifest is None:
-            raise BadInput(expected_got(where, f"a manifest {session.path.with_suffix('.json').name} beside it",
+            raise BadInput(expected_got(where, f"a manifest {manifest_path(session.path, legacy=False).name} beside it",
                                         "no manifest"))
         if manifest.get("kind") != "detector":
             raise BadInput(expected_got(f"{where} manifest kind", "'detector'", repr(manifest.get("kind"))))
@@ -136,19 +145,28 @@ class Detector(OwnsSession):
         self.class_names: list[str] = [str(n) for n in manifest.get("class_names") or []]
         inputs = {s.name: s for s in session.inputs}
         outputs = {s.name for s in session.outputs}
-        if sorted(inputs) != sorted(INPUTS):
-            raise BadInput(expected_got(f"{where} inputs", list(INPUTS), sorted(inputs)))
+        pre = self.preprocessing
+        expected = PIXEL_INPUTS if pre.in_graph else INPUTS
+        if sorted(inputs) != sorted(expected):
+            hint = " (manifest preprocessing.in_graph says " + ("pixels-in" if pre.in_graph else "tensor-input") + ")"
+            raise BadInput(expected_got(f"{where} inputs", list(expected), f"{sorted(inputs)}{hint}"))
         missing = [name for name in OUTPUTS if name not in outputs]
         if missing:
             raise BadInput(expected_got(f"{where} outputs", list(OUTPUTS), f"missing {missing}"))
-        images = inputs["images"]
-        canvas = self.preprocessing.input_size
-        if len(images.shape) != 4 or images.shape[1] != 3 or any(
-                isinstance(d, int) and d != c for d, c in zip(images.shape[2:], canvas)):
-            raise BadInput(expected_got(f"{where} input 'images'",
-                                        f"[batch, 3, {canvas[0]}, {canvas[1]}] (manifest input_size)",
-                                        "[" + ", ".join(map(str, images.shape)) + "]"))
-        batch = images.shape[0]
+        if pre.in_graph:
+            first = inputs["image"]
+            if len(first.shape) != 4 or first.shape[3] != 3:
+                raise BadInput(expected_got(f"{where} input 'image'", "[batch, height, width, 3] uint8",
+                                            "[" + ", ".join(map(str, first.shape)) + "]"))
+        else:
+            first = inputs["images"]
+            canvas = pre.input_size
+            if len(first.shape) != 4 or first.shape[1] != 3 or (canvas is not None and any(
+                    isinstance(d, int) and d != c for d, c in zip(first.shape[2:], canvas))):
+                want = f"[batch, 3, {canvas[0]}, {canvas[1]}] (manifest input_size)" if canvas else "[batch, 3, H, W]"
+                raise BadInput(expected_got(f"{where} input 'images'", want,
+                                            "[" + ", ".join(map(str, first.shape)) + "]"))
+        batch = first.shape[0]
         if isinstance(batch, int):
             self.batch_range = (batch, batch)
         else:
@@ -158,6 +176,11 @@ class Detector(OwnsSession):
                 raise BadInput(expected_got(f"{where} manifest batch", "{min, max} ints with 1 <= min <= max",
                                             repr(section)))
             self.batch_range = (low, high)
+
+    @property
+    def pixels_in(self) -> bool:
+        """True for a graph that takes uint8 pixels and does all pre/post-processing itself."""
+        return self.preprocessing.in_graph
 
     # -- public API -------------------------------------------------------
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
@@ -169,8 +192,9 @@ class Detector(OwnsSession):
 
         Returns:
             :class:`Detections` for one array, a list of them for a list. Lists
-            run in batches of up to the model's batch size; a fixed batch's
-            last chunk is filled with blank images whose results are dropped.
+            run in batches of up to the model's batch size (for a pixels-in graph,
+            of consecutive images of one size: the images of one run share a size);
+            a fixed batch's last chunk is filled with copies whose results are dropped.
         """
         if isinstance(images, np.ndarray):
             return self._predict_batch([images])[0]
@@ -179,8 +203,14 @@ class Detector(OwnsSession):
                                         type(images).__name__))
         results: list[Detections] = []
         step = self.batch_range[1]
-        for start in range(0, len(images), step):
-            results.extend(self._predict_batch(images[start:start + step], offset=start))
+        start = 0
+        while start < len(images):
+            stop = min(start + step, len(images))
+            if self.pixels_in:  # a run of one size
+                first = np.shape(images[start])[:2]
+                stop = next((i for i in range(start + 1, stop) if np.shape(images[i])[:2] != first), stop)
+            results.extend(self._predict_batch(images[start:stop], offset=start))
+            start = stop
         return results
 
     @property
@@ -188,25 +218,46 @@ class Detector(OwnsSession):
         """Largest batch one run takes."""
         return self.batch_range[1]
 
+    def feed(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
+             ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+        """The graph's feed for ``images`` (at most ``batch_size``), and each image's resized size.
+
+        Pixels-in graphs get the uint8 images (resized sizes are then computed by the graph;
+        the returned ones are what torchvision computes, for reference); tensor-input graphs
+        get the numpy preprocessing. A fixed batch larger than ``len(images)`` is filled (a copy
+        of the last image, whose results :meth:`predict` drops).
+        """
+        if names is None:
+            names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
+        rgb = [to_rgb(image, name) for image, name in zip(images, names)]
+        sizes = [self.preprocessing.resized_size(*image.shape[:2]) for image in rgb]
+        fill = self.batch_range[0] - len(rgb)
+        if self.pixels_in:
+            pixels = pixel_batch(rgb, self.preprocessing, names)
+            if fill > 0:
+                pixels = np.concatenate([pixels, np.repeat(pixels[-1:], fill, axis=0)])
+            return {"image": pixels}, sizes
+        tensor, image_sizes, sizes = preprocess_batch(rgb, self.preprocessing, names)
+        if fill > 0:
+            tensor = np.concatenate([tensor, np.repeat(tensor[-1:], fill, axis=0)])
+            image_sizes = np.concatenate([image_sizes, np.repeat(image_sizes[-1:], fill, axis=0)])
+        return {"images": tensor, "image_sizes": image_sizes}, sizes
+
     # -- pipeline ---------------------------------------------------------
     def _predict_batch(self, images: Sequence[np.ndarray], offset: int = 0) -> list[Detections]:
         names = [f"image {offset + i}" if len(images) > 1 or offset else "image" for i in range(len(images))]
         rgb = [to_rgb(image, name) for image, name in zip(images, names)]
-        tensor, image_sizes, sizes = preprocess_batch(rgb, self.preprocessing, names)
-        count = len(rgb)
-        fill = self.batch_range[0] - count
-        if fill > 0:  # blank images at the canvas size; their results are dropped
-            height, width = self.preprocessing.input_size
-            tensor = np.concatenate([tensor, np.zeros((fill, 3, height, width), np.float32)])
-            image_sizes = np.concatenate([image_sizes, np.tile(np.float32([height, width]), (fill, 1))])
-        out = self.session.run({"images": tensor, "image_sizes": image_sizes})
-        return [self._detections(out, i, sizes[i], rgb[i].shape[:2]) for i in range(count)]
+        feed, sizes = self.feed(rgb, names)
+        out = self.session.run(feed)
+        return [self._detections(out, i, sizes[i], rgb[i].shape[:2]) for i in range(len(rgb))]
 
     def _detections(self, out: dict[str, np.ndarray], i: int, resized: tuple[int, int],
                     original: tuple[int, int]) -> Detections:
         capacity = out["scores"].shape[1]
         n = int(np.clip(out["num_detections"][i], 0, capacity))
-        boxes = rescale_boxes(out["boxes"][i, :n], resized, original)
+        boxes = np.asarray(out["boxes"][i, :n], dtype=np.float32).copy()
+        if not self.pixels_in:  # the graph's boxes are in network-input pixels
+            boxes = rescale_boxes(boxes, resized, original)
         scores = np.asarray(out["scores"][i, :n], dtype=np.float32).copy()
         labels = np.asarray(out["labels"][i, :n]).astype(np.int64)
         return Detections(boxes, scores, labels, self.class_names)

@@ -1,16 +1,25 @@
 """Detector preprocessing in numpy, matching torchvision's GeneralizedRCNNTransform.
 
-For a fixed canvas ``H x W`` the exported detector expects what torchvision's
-transform produces when configured to fit that canvas (for a square canvas
-``S``: ``min_size = max_size = S``, ``size_divisible = S``):
+Pixels-in graphs (manifest ``preprocessing.in_graph``) do all of this inside the graph: the
+runtime only checks and stacks the uint8 images (:func:`pixel_batch`). Tensor-input graphs
+get it here, in one of two modes:
+
+* ``fixed``: a canvas ``H x W``; the graph expects what torchvision's transform produces
+  when configured to fit that canvas (square canvas ``S``: ``min_size = max_size = S``);
+* ``dynamic``: the model's own rule, ``scale = min(min_size / min(h, w), max_size / max(h, w))``,
+  and the batch zero-padded to the largest size rounded up to ``size_divisible``
+  (torchvision's ``batch_images``).
+
+Steps:
 
 1. uint8 ``[h, w, 3]`` RGB -> float32 ``[3, h, w]`` divided by 255;
 2. normalised per channel: ``(x - mean) / std`` (float32);
-3. resized with ``scale = min(H / h, W / w)`` (Python float) to
+3. resized with ``scale = min(H / h, W / w)`` (fixed) or the dynamic rule (Python float) to
    ``(int(h * scale), int(w * scale))`` by bilinear resampling with
    ``align_corners=False`` and no antialias, exactly like
    ``torch.nn.functional.interpolate(scale_factor=scale, recompute_scale_factor=True)``;
-4. padded bottom/right with ``pad_value`` (0.0) up to ``H x W``.
+4. padded bottom/right with ``pad_value`` (0.0) up to ``H x W`` (fixed) or the batch's
+   padded size (dynamic).
 
 torchvision normalises before resizing; bilinear resampling is linear, so the
 order only matters for float rounding, and following torchvision's order keeps
@@ -30,27 +39,48 @@ from ..errors import BadInput, expected_got
 
 #: What this module implements, by manifest field. Anything else is refused.
 SUPPORTED = {
-    "resize": ("fit",),
+    "resize": ("fit", "torchvision"),
     "interpolation": ("bilinear",),
-    "input_dtype": ("float32",),
-    "layout": ("NCHW",),
+    "input_dtype": ("float32", "uint8"),
+    "layout": ("NCHW", "NHWC"),
     "color": ("RGB",),
+    "mode": ("fixed", "dynamic"),
 }
+
+
+def _size_pair(value: Any, where: str, what: str = "[H, W] positive ints") -> tuple[int, int]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise BadInput(expected_got(where, what, repr(value)))
+    return int(value[0]), int(value[1])
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """The detector's ``preprocessing`` manifest section, checked.
 
-    ``input_size`` is the network canvas ``(H, W)`` in pixels; ``mean``/``std``
-    apply to RGB values already scaled to [0, 1] by ``pixel_scale``.
+    ``input_size`` is the network canvas ``(H, W)`` in pixels (fixed mode; None when
+    dynamic); ``mean``/``std`` apply to RGB values already scaled to [0, 1] by
+    ``pixel_scale``. Dynamic mode resizes by ``min_size``/``max_size`` and pads to a multiple
+    of ``size_divisible``. ``in_graph``: the graph takes uint8 pixels and does everything
+    itself; ``image_size_range`` ((min_h, min_w), (max_h, max_w)) is what it accepts.
     """
 
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pixel_scale: float = 1.0 / 255.0
     pad_value: float = 0.0
+    mode: str = "fixed"
+    in_graph: bool = False
+    min_size: int | None = None
+    max_size: int | None = None
+    size_divisible: int = 32
+    image_size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.mode == "dynamic"
 
     @classmethod
     def from_manifest(cls, section: Any, where: str = "manifest preprocessing") -> "Preprocessing":
@@ -61,10 +91,22 @@ class Preprocessing:
             value = section.get(key, allowed[0])
             if value not in allowed:
                 raise BadInput(expected_got(f"{where}.{key}", " or ".join(map(repr, allowed)), repr(value)))
-        size = section.get("input_size")
-        if (not isinstance(size, (list, tuple)) or len(size) != 2
-                or not all(isinstance(v, int) and v > 0 for v in size)):
-            raise BadInput(expected_got(f"{where}.input_size", "[H, W] positive ints", repr(size)))
+        mode = section.get("mode", "fixed")
+        in_graph = section.get("in_graph", False)
+        if not isinstance(in_graph, bool):
+            raise BadInput(expected_got(f"{where}.in_graph", "true or false", repr(in_graph)))
+        size = min_size = max_size = None
+        if mode == "fixed":
+            size = _size_pair(section.get("input_size"), f"{where}.input_size")
+        else:
+            for key in ("min_size", "max_size"):
+                value = section.get(key)
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise BadInput(expected_got(f"{where}.{key}", "a positive int (dynamic mode)", repr(value)))
+            min_size, max_size = int(section["min_size"]), int(section["max_size"])
+        divisible = section.get("size_divisible", 32)
+        if not isinstance(divisible, int) or isinstance(divisible, bool) or divisible <= 0:
+            raise BadInput(expected_got(f"{where}.size_divisible", "a positive int", repr(divisible)))
         triples = {}
         for key in ("mean", "std"):
             value = section.get(key)
@@ -80,7 +122,43 @@ class Preprocessing:
         pad = section.get("pad_value", 0.0)
         if not isinstance(pad, (int, float)):
             raise BadInput(expected_got(f"{where}.pad_value", "a number", repr(pad)))
-        return cls((size[0], size[1]), triples["mean"], triples["std"], float(scale), float(pad))
+        image_range = None
+        if in_graph:
+            rng = section.get("image_size_range")
+            if not isinstance(rng, dict):
+                raise BadInput(expected_got(f"{where}.image_size_range", "{min: [h, w], max: [h, w]}", repr(rng)))
+            low = _size_pair(rng.get("min"), f"{where}.image_size_range.min")
+            high = _size_pair(rng.get("max"), f"{where}.image_size_range.max")
+            if low[0] > high[0] or low[1] > high[1]:
+                raise BadInput(expected_got(f"{where}.image_size_range", "min <= max per side", repr(rng)))
+            image_range = (low, high)
+        return cls(size, triples["mean"], triples["std"], float(scale), float(pad), mode, in_graph, min_size,
+                   max_size, int(divisible), image_range)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h', w') the resize gives an ``height x width`` image, as torchvision computes it."""
+        if self.dynamic:
+            return torchvision_resized_size(height, width, min_size=self.min_size, max_size=self.max_size)
+        return resized_size(height, width, self.input_size)
+
+    def describe_range(self) -> str:
+        (lh, lw), (hh, hw) = self.image_size_range
+        return f"{lh}..{hh} x {lw}..{hw} (height x width, manifest image_size_range)"
+
+
+def torchvision_resized_size(height: int, width: int, *, min_size: int | None = None, max_size: int | None = None,
+                             canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The resized size eager torchvision computes, in Python floats.
+
+    ``scale = min(min_size / min(h, w), max_size / max(h, w))`` (``GeneralizedRCNNTransform``),
+    or ``min(H / h, W / w)`` for a ``canvas``; each side is ``int(side * scale)`` (float64),
+    as ``interpolate(recompute_scale_factor=True)`` floors it.
+    """
+    if canvas is not None:
+        scale = min(canvas[0] / height, canvas[1] / width)
+    else:
+        scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(height * scale), int(width * scale)
 
 
 def to_rgb(image: Any, what: str = "image") -> np.ndarray:
@@ -116,8 +194,7 @@ def resized_size(height: int, width: int, canvas: tuple[int, int]) -> tuple[int,
     ``recompute_scale_factor=True``. For a square canvas ``S`` this is
     torchvision's ``min(S / min_side, S / max_side)`` policy.
     """
-    scale = min(canvas[0] / height, canvas[1] / width)
-    return int(height * scale), int(width * scale)
+    return torchvision_resized_size(height, width, canvas=canvas)
 
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -179,16 +256,28 @@ def _pixel_divisor(pixel_scale: float) -> float | None:
     return float(round(inv)) if abs(inv - round(inv)) < 1e-9 else None
 
 
-def preprocess_image(image: Any, pre: Preprocessing, what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
-    """One image -> (float32 ``[3, H, W]`` canvas, resized size ``(h', w')`` before padding)."""
-    rgb = to_rgb(image, what)
+def _padded_canvas_size(pre: Preprocessing, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The batch tensor's (H, W): the canvas (fixed), or the largest resized size rounded up to
+    ``size_divisible`` (dynamic, torchvision's ``batch_images``)."""
+    if not pre.dynamic:
+        return pre.input_size
+    d = pre.size_divisible
+    if not sizes:
+        return d, d
+    return (-(-max(s[0] for s in sizes) // d) * d, -(-max(s[1] for s in sizes) // d) * d)
+
+
+def _normalised_resized(rgb: np.ndarray, pre: Preprocessing, what: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 HWC RGB -> (float32 HWC normalised and resized, resized size)."""
     height, width = rgb.shape[:2]
-    size = resized_size(height, width, pre.input_size)
+    size = pre.resized_size(height, width)
     if min(size) < 1:
-        raise BadInput(expected_got(f"{what} size", f"an aspect ratio that fits {pre.input_size[0]}x"
-                                    f"{pre.input_size[1]} with both sides >= 1 pixel", f"{height}x{width}"))
-    # Work in HWC (contiguous) and write the CHW canvas at the end; per element
-    # the arithmetic is torchvision's: x / 255, (x - mean) / std, then resize.
+        rule = (f"min_size {pre.min_size} / max_size {pre.max_size}" if pre.dynamic
+                else f"{pre.input_size[0]}x{pre.input_size[1]}")
+        raise BadInput(expected_got(f"{what} size", f"an aspect ratio that resizes ({rule}) with both sides "
+                                    ">= 1 pixel", f"{height}x{width}"))
+    # Work in HWC (contiguous); per element the arithmetic is torchvision's:
+    # x / 255, (x - mean) / std, then resize.
     x = rgb.astype(np.float32)
     divisor = _pixel_divisor(pre.pixel_scale)
     if divisor is not None:
@@ -197,8 +286,13 @@ def preprocess_image(image: Any, pre: Preprocessing, what: str = "image") -> tup
         np.multiply(x, np.float32(pre.pixel_scale), out=x)
     np.subtract(x, np.asarray(pre.mean, dtype=np.float32), out=x)
     np.divide(x, np.asarray(pre.std, dtype=np.float32), out=x)
-    x = resize_bilinear(x, size, layout="HWC")
-    canvas = np.full((3, *pre.input_size), pre.pad_value, dtype=np.float32)
+    return resize_bilinear(x, size, layout="HWC"), size
+
+
+def preprocess_image(image: Any, pre: Preprocessing, what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    """One image -> (float32 ``[3, H, W]`` padded tensor, resized size ``(h', w')`` before padding)."""
+    x, size = _normalised_resized(to_rgb(image, what), pre, what)
+    canvas = np.full((3, *_padded_canvas_size(pre, [size])), pre.pad_value, dtype=np.float32)
     canvas[:, : size[0], : size[1]] = x.transpose(2, 0, 1)
     return canvas, size
 
@@ -207,14 +301,42 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[
                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Images -> (``images`` float32 [B, 3, H, W], ``image_sizes`` float32 [B, 2], resized sizes).
 
-    ``names`` label the images in error messages (default ``image 0``, ``image 1``...).
+    For tensor-input graphs. ``names`` label the images in error messages (default
+    ``image 0``, ``image 1``...). Dynamic mode pads the batch to its largest image.
     """
+    if pre.in_graph:
+        raise BadInput(expected_got("preprocess_batch", "a tensor-input detector",
+                                    "a pixels-in graph (feed uint8 images: pixel_batch)"))
     if names is None:
         names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
-    tensors, sizes = [], []
+    resized, sizes = [], []
     for image, name in zip(images, names):
-        tensor, size = preprocess_image(image, pre, what=name)
-        tensors.append(tensor)
+        x, size = _normalised_resized(to_rgb(image, name), pre, name)
+        resized.append(x)
         sizes.append(size)
-    batch = np.stack(tensors) if tensors else np.zeros((0, 3, *pre.input_size), np.float32)
+    height, width = _padded_canvas_size(pre, sizes)
+    batch = np.full((len(resized), 3, height, width), pre.pad_value, dtype=np.float32)
+    for i, (x, size) in enumerate(zip(resized, sizes)):
+        batch[i, :, : size[0], : size[1]] = x.transpose(2, 0, 1)
     return batch, np.asarray(sizes, dtype=np.float32).reshape(-1, 2), sizes
+
+
+def pixel_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None = None) -> np.ndarray:
+    """Images -> ``image`` uint8 [B, h, w, 3] for a pixels-in graph: RGB (gray/RGBA converted),
+    every image inside the manifest's ``image_size_range`` and all of one size."""
+    if names is None:
+        names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
+    rgb = [to_rgb(image, name) for image, name in zip(images, names)]
+    (low_h, low_w), (high_h, high_w) = pre.image_size_range
+    for image, name in zip(rgb, names):
+        h, w = image.shape[:2]
+        if not (low_h <= h <= high_h and low_w <= w <= high_w):
+            raise BadInput(expected_got(f"{name} size", f"{pre.describe_range()}", f"{h}x{w}"))
+    first = rgb[0].shape[:2] if rgb else None
+    for image, name in zip(rgb[1:], names[1:]):
+        if image.shape[:2] != first:
+            raise BadInput(expected_got(f"{name} size", f"{first[0]}x{first[1]} like {names[0]} (the images of one "
+                                        "batch share one size)", f"{image.shape[0]}x{image.shape[1]}"))
+    if not rgb:
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    return np.stack(rgb)

@@ -355,6 +355,18 @@ def _logger(trt: Any, verbose: bool = False) -> Any:
     return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
+def init_plugins(trt: Any, logger: Any) -> None:
+    """Register TensorRT's standard plugin library (``libnvinfer_plugin``) in the default namespace.
+
+    Needed before parsing an ONNX graph with ``RoiAlign`` (imported as the
+    ``ROIAlign_TRT`` v2 plugin) and before deserialising an engine that uses it;
+    harmless otherwise, and idempotent. C++: ``initLibNvInferPlugins(&logger, "")``.
+    """
+    if trt.init_libnvinfer_plugins(logger, "") is False:
+        raise BadInput(expected_got("TensorRT standard plugins", "libnvinfer_plugin initialised",
+                                    "init_libnvinfer_plugins returned False (is libnvinfer_plugin installed?)"))
+
+
 class TensorRTSession(Session):
     """A :class:`Session` on a serialized TensorRT engine (``.plan``).
 
@@ -375,6 +387,7 @@ class TensorRTSession(Session):
         _, cc = gpu_info()
         check_compatible(manifest, trt.__version__, cc, path)
         self._trt_logger = _logger(trt, verbose)
+        init_plugins(trt, self._trt_logger)  # before deserialising: engines may hold ROIAlign_TRT
         self._runtime = trt.Runtime(self._trt_logger)
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:

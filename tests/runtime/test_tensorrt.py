@@ -139,10 +139,14 @@ def test_compatibility_check():
 def test_plan_manifest_copies_and_adds_tensorrt_section():
     src = manifest_for()
     out = plan_manifest(src, onnx_sha256="ab" * 32, trt_version="11.4.0", gpu="NVIDIA L4",
-                        compute_capability="8.9", workspace_mb=512)
+                        compute_capability="8.9", workspace_mb=512, plugins=["ROIAlign_TRT v2"])
     assert out["artifact"] == {"format": "tensorrt-plan"}
     assert out["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA L4", "compute_capability": "8.9",
-                               "source_onnx": "m.onnx", "source_onnx_sha256": "ab" * 32, "workspace_mb": 512}
+                               "source_onnx": "m.onnx", "source_onnx_sha256": "ab" * 32, "workspace_mb": 512,
+                               "plugins": ["ROIAlign_TRT v2"], "needs_standard_plugins": True}
+    plain = plan_manifest(src, onnx_sha256="ab" * 32, trt_version="11.4.0", gpu="g", compute_capability="8.9",
+                          workspace_mb=512)
+    assert plain["tensorrt"]["plugins"] == [] and plain["tensorrt"]["needs_standard_plugins"] is False
     assert out["inputs"] == src["inputs"] and out["batch"] == src["batch"]
     assert src["artifact"]["format"] == "onnx" and "tensorrt" not in src  # source untouched
 
@@ -202,7 +206,7 @@ def test_cli_build_without_gpu(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, words", [
     (["missing.onnx", "-o", "m.plan"], ["missing.onnx", "no such file"]),
     (["m.onnx", "-o", "m.txt"], [".plan or .engine"]),
-    (["m.onnx", "-o", "m.plan"], ["stem differs"]),
+    (["m.onnx", "-o", "m.onnx"], [".plan or .engine"]),
     (["m.onnx", "-o", "other.plan", "--workspace-mb", "0"], ["--workspace-mb"]),
 ])
 def test_cli_build_bad_usage(tmp_path, monkeypatch, args, words):
@@ -232,7 +236,15 @@ class FakeTRT(types.ModuleType):
         super().__init__("tensorrt")
         self.__version__ = "11.4.0"
         self.calls: list = []
+        self.plugins_ready = False  # init_libnvinfer_plugins called (the registry holds ROIAlign_TRT)
         rec, fake = self.calls, self
+
+        def init_libnvinfer_plugins(logger, namespace):
+            rec.append(("init_libnvinfer_plugins", namespace))
+            fake.plugins_ready = namespace == ""  # the ONNX parser looks in the default namespace
+            return True
+
+        self.init_libnvinfer_plugins = init_libnvinfer_plugins
 
         class Logger:
             WARNING, VERBOSE = "WARNING", "VERBOSE"
@@ -246,6 +258,7 @@ class FakeTRT(types.ModuleType):
 
         class Network:
             num_inputs = 1
+            uses_roialign = False
 
             def get_input(self, i):
                 return Tensor("x", (-1, 4))
@@ -298,7 +311,7 @@ class FakeTRT(types.ModuleType):
 
             def build_serialized_network(self, network, config):
                 rec.append(("build_serialized_network",))
-                return b"PLAN"
+                return b"PLAN:ROIAlign_TRT" if network.uses_roialign else b"PLAN"
 
         class Error:
             def __init__(self, text):
@@ -309,14 +322,21 @@ class FakeTRT(types.ModuleType):
 
         class OnnxParser:
             def __init__(self, network, logger):
-                self.num_errors = 0 if fake.parse_ok else 2
+                self.network, self.num_errors, self.errors = network, 0, []
 
             def parse(self, data, path):
                 rec.append(("parse", len(data)))
-                return fake.parse_ok
+                if not fake.parse_ok:
+                    self.errors = [f"node {i}: unsupported op Foo" for i in range(2)]
+                elif any(n.op_type == "RoiAlign" for n in onnx.load_from_string(bytes(data)).graph.node):
+                    self.network.uses_roialign = True  # the importer asks the registry for ROIAlign_TRT v2
+                    if not fake.plugins_ready:
+                        self.errors = ["node roi: ROIAlign plugin was not found in the plugin registry!"]
+                self.num_errors = len(self.errors)
+                return not self.errors
 
             def get_error(self, i):
-                return Error(f"node {i}: unsupported op Foo")
+                return Error(self.errors[i])
 
         self.parse_ok = parse_ok
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
@@ -337,6 +357,7 @@ def test_build_flow_with_stand_in_tensorrt(tmp_path, monkeypatch):
     assert ("set_shape", "x", (1, 4), (2, 4), (4, 4)) in trt.calls
     assert ("create_timing_cache", b"old") in trt.calls
     assert names.index("parse") < names.index("set_shape") < names.index("build_serialized_network")
+    assert names.index("init_libnvinfer_plugins") < names.index("Builder")  # the standard plugins first
     assert plan.read_bytes() == b"PLAN"
     assert cache.read_bytes() == b"CACHE:old"  # saved for the next build
     manifest = read_manifest(plan)  # sha256 matches the plan
@@ -345,6 +366,8 @@ def test_build_flow_with_stand_in_tensorrt(tmp_path, monkeypatch):
     assert manifest["tensorrt"]["gpu"] == "Fake GPU" and manifest["tensorrt"]["compute_capability"] == "8.9"
     assert manifest["tensorrt"]["source_onnx_sha256"] == json.loads((tmp_path / "m.json").read_text())[
         "artifact"]["sha256"]
+    assert (tmp_path / "m_trt.plan.json").is_file()  # X.plan -> X.plan.json
+    assert manifest["tensorrt"]["plugins"] == [] and manifest["tensorrt"]["needs_standard_plugins"] is False
 
 
 def test_build_parser_errors_one_per_line(tmp_path, monkeypatch):
@@ -356,7 +379,155 @@ def test_build_parser_errors_one_per_line(tmp_path, monkeypatch):
     lines = result.output.rstrip().splitlines()
     assert lines[:2] == ["  parser: node 0: unsupported op Foo", "  parser: node 1: unsupported op Foo"]
     assert len(lines) == 3 and lines[2].startswith("error:") and "2 parser error(s)" in lines[2]
-    assert not (tmp_path / "m_trt.plan").exists() and not (tmp_path / "m_trt.json").exists()
+    assert not (tmp_path / "m_trt.plan").exists() and not (tmp_path / "m_trt.plan.json").exists()
+
+
+def make_roialign_onnx(tmp_path: Path, name: str = "roi") -> Path:
+    """RoiAlign (opset 17) over a fixed feature map and two constant boxes, with a manifest."""
+    path = tmp_path / f"{name}.onnx"
+    rois = helper.make_tensor("rois", TensorProto.FLOAT, [2, 4], [0, 0, 4, 4, 2, 2, 6, 6])
+    idx = helper.make_tensor("idx", TensorProto.INT64, [2], [0, 0])
+    node = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], name="roi", output_height=2, output_width=2,
+                            sampling_ratio=2, coordinate_transformation_mode="output_half_pixel")
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 2, 2])],
+                              initializer=[rois, idx])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    write_manifest(path, {"kind": "test", "model": {"name": "roi"},
+                          "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4, 8, 8]}],
+                          "outputs": [{"name": "y", "dtype": "float32", "shape": [2, 4, 2, 2]}],
+                          "batch": {"dynamic": False, "min": 1, "opt": 1, "max": 1}})
+    return path
+
+
+def test_roialign_build_initialises_standard_plugins_first_and_records_them(tmp_path, monkeypatch):
+    trt = add_fake_runtime(FakeTRT())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cuda(monkeypatch, FakeCudart())
+    plan = build_engine(make_roialign_onnx(tmp_path), tmp_path / "roi.plan", echo=lambda m: None)
+    names = [c[0] for c in trt.calls]
+    assert ("init_libnvinfer_plugins", "") in trt.calls and names.index("init_libnvinfer_plugins") < names.index("parse")
+    section = read_manifest(plan)["tensorrt"]
+    assert section["plugins"] == ["ROIAlign_TRT v2"] and section["needs_standard_plugins"] is True
+
+    trt.plugins_ready, trt.calls[:] = False, []  # a fresh process: the registry is empty again
+    session = load(plan)
+    names = [c[0] for c in trt.calls]
+    assert names.index("init_libnvinfer_plugins") < names.index("deserialize_cuda_engine")
+    session.close()
+
+
+def test_stand_in_refuses_roialign_without_plugins(tmp_path, monkeypatch):
+    """Without init_libnvinfer_plugins the stand-in fails like TensorRT: parse, then deserialize."""
+    import deploykit.build
+    import deploykit.runtime.tensorrt
+
+    trt = add_fake_runtime(FakeTRT())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cuda(monkeypatch, FakeCudart())
+    src = make_roialign_onnx(tmp_path)
+    plan = build_engine(src, tmp_path / "roi.plan", echo=lambda m: None)
+    monkeypatch.setattr(deploykit.build, "init_plugins", lambda trt, logger: None)
+    monkeypatch.setattr(deploykit.runtime.tensorrt, "init_plugins", lambda trt, logger: None)
+    trt.plugins_ready = False
+    lines = []
+    with pytest.raises(BadInput) as info:
+        build_engine(src, tmp_path / "again.plan", echo=lines.append)
+    assert lines == ["  parser: node roi: ROIAlign plugin was not found in the plugin registry!"]
+    one_line(str(info.value), "1 parser error(s)")
+    with pytest.raises(BadInput) as info:
+        load(plan)
+    one_line(str(info.value), "roi.plan", "cannot deserialize")
+
+
+def test_readme_build_command_names_the_engine_after_the_onnx_file(tmp_path, monkeypatch):
+    """`deploykit build demo.onnx -o demo.plan`: manifests demo.json (ONNX, untouched) and demo.plan.json."""
+    monkeypatch.chdir(tmp_path)
+    make_onnx(tmp_path, "demo")
+    onnx_manifest = (tmp_path / "demo.json").read_bytes()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = CliRunner().invoke(main, ["build", "demo.onnx", "-o", "demo.plan"])
+    assert result.exit_code == 2, result.output
+    one_line(result.output.strip(), "no `tensorrt` Python package", INSTALL_HINT)  # got as far as TensorRT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "demo.onnx"]
+
+    monkeypatch.setitem(sys.modules, "tensorrt", add_fake_runtime(FakeTRT()))
+    install_cuda(monkeypatch, FakeCudart())
+    result = CliRunner().invoke(main, ["build", "demo.onnx", "-o", "demo.plan"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "demo.onnx", "demo.plan", "demo.plan.json"]
+    assert (tmp_path / "demo.json").read_bytes() == onnx_manifest
+    assert read_manifest(tmp_path / "demo.onnx")["artifact"]["file"] == "demo.onnx"
+    assert read_manifest(tmp_path / "demo.plan")["artifact"]["file"] == "demo.plan"
+    with load(tmp_path / "demo.plan") as session:
+        np.testing.assert_array_equal(session.run({"x": np.ones((1, 4), np.float32)})["y"], 2)
+
+
+def test_build_refuses_a_manifest_name_shared_with_the_onnx_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_onnx(tmp_path, "m.plan")  # m.plan.onnx keeps its manifest at m.plan.json, the plan's name
+    result = CliRunner().invoke(main, ["build", "m.plan.onnx", "-o", "m.plan"])
+    assert result.exit_code == 2, result.output
+    one_line(result.output.strip(), "output m.plan", "m.plan.json", "own manifest")
+
+
+def test_old_style_plan_manifests_are_still_read(fake_plan, tmp_path):
+    plan, trt, _ = fake_plan
+    new = tmp_path / "m_trt.plan.json"
+    new.rename(tmp_path / "m_trt.json")  # where plans kept their manifest before X.plan.json
+    assert read_manifest(plan)["artifact"]["file"] == "m_trt.plan"  # found, sha256 verified
+    with load(plan) as session:
+        assert session.manifest["tensorrt"]["version"] == "11.4.0"
+        np.testing.assert_array_equal(session.run({"x": np.ones((2, 4), np.float32)})["y"], 2)
+    other = tmp_path / "m.plan"  # m.json is m.onnx's manifest: it does not describe m.plan
+    other.write_bytes(plan.read_bytes())
+    with pytest.raises(BadInput) as info:
+        read_manifest(other)
+    one_line(str(info.value), "m.plan.json", "no such file")
+
+
+def _topk_onnx(tmp_path: Path, sorted_: int) -> Path:
+    path = tmp_path / "topk.onnx"
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="topk", sorted=sorted_)
+    graph = helper.make_graph([node], "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2]),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2])], initializer=[k])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    write_manifest(path, {"kind": "test", "model": {"name": "topk"},
+                          "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 8]}], "outputs": [],
+                          "batch": {"dynamic": False, "min": 1, "opt": 1, "max": 1}})
+    return path
+
+
+def test_build_refuses_a_graph_tensorrt_cannot_parse_before_needing_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    src = _topk_onnx(tmp_path, sorted_=0)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["build", str(src), "-o", str(tmp_path / "topk.plan")])
+    assert result.exit_code == 1, result.output
+    lines = result.output.rstrip().splitlines()
+    assert lines[0] == "  node 'topk' (TopK): attribute sorted: expected one of {1}, got 0"
+    assert len(lines) == 2 and lines[1].startswith("error:") and "1 violation(s)" in lines[1]
+    assert INSTALL_HINT not in result.output  # refused before looking for TensorRT
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_build_refuses_an_ort_lowering_graph(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    src = make_onnx(tmp_path)
+    manifest = read_manifest(src)
+    manifest["precision"] = {"mode": "int8", "ort_lowering": {"output_qdq_pairs": 3}}
+    write_manifest(src, manifest)
+    result = CliRunner().invoke(main, ["build", str(src), "-o", str(tmp_path / "m_trt.plan")])
+    assert result.exit_code == 1, result.output
+    first = result.output.splitlines()[0]
+    assert "precision.ort_lowering" in first and "ONNX Runtime CPU only" in first and "3 output Q/DQ" in first
+    assert not (tmp_path / "m_trt.plan").exists()
+    checked = CliRunner().invoke(main, ["check", str(src)])  # deploykit check reads the same manifest
+    assert checked.exit_code == 1 and checked.output.splitlines()[0] == first
 
 
 # -- real TensorRT on a GPU --------------------------------------------------------
@@ -596,7 +767,10 @@ def add_fake_runtime(trt: FakeTRT) -> FakeTRT:
             pass
 
         def deserialize_cuda_engine(self, data):
-            return Engine() if bytes(data) == b"PLAN" else None
+            trt.calls.append(("deserialize_cuda_engine",))
+            if bytes(data) == b"PLAN:ROIAlign_TRT" and not trt.plugins_ready:
+                return None  # TensorRT: "getPluginCreator could not find plugin ROIAlign_TRT version 2"
+            return Engine() if bytes(data) in (b"PLAN", b"PLAN:ROIAlign_TRT") else None
 
     trt.Runtime = Runtime
     return trt

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmark: dynamic-size pixels-in detector graphs vs torchvision eager, same process, same machine.
+
+1. For each model (default-configured: its own min_size/max_size, no reconfiguration) and
+   each image size: ``Detector.predict(img)`` on the dynamic pixels-in ONNX graph (ONNX
+   Runtime) against eager ``model([img])``, interleaved blocks, medians, ratio.
+2. ``Detector.predict`` at 1080p and 4K: the in-graph front end (pixels-in graph) against the
+   numpy front end (the same network exported with ``--input tensor``, preprocessed by
+   ``deploykit.runtime.preprocess``), interleaved.
+3. Where ONNX Runtime's time goes: its profile, share per op type, and the front end's share.
+
+    python scripts/bench_dynamic.py --json bench_dynamic.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from deploykit.export.detector import export_detector
+from deploykit.models import build, resolve_checkpoint
+from deploykit.parity.detector import held_out_images, reference_detections
+from deploykit.parity.fasterrcnn import calibrate_batchnorm
+from deploykit.runtime import Detector
+
+MODELS = ["fasterrcnn_resnet50_fpn", "fasterrcnn_demo"]
+SIZES = [(480, 640), (750, 1000), (1080, 1920), (800, 800)]  # (height, width)
+FRONT_END_SIZES = [(1080, 1920), (2160, 3840)]
+
+
+def interleaved(a, b, iters: int, blocks: int = 2) -> tuple[float, float]:
+    """Median seconds of ``a()`` and ``b()``, timed in alternating blocks (same machine load)."""
+    ta, tb = [], []
+    a(), b()  # warm-up
+    for _ in range(blocks):
+        for fn, acc in ((a, ta), (b, tb)):
+            for _ in range(iters):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+            time.sleep(0.2)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def profile(path: Path, feed: dict, threads: int, runs: int = 3) -> tuple[list[tuple[str, float]], float]:
+    """(share per op type, share of the front-end nodes named ``pre/...``) of ORT's kernel time."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as d:
+        opts.profile_file_prefix = str(Path(d) / "prof")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    front = 0.0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"].get("op_name", "?")] += e["dur"]
+            if e["name"].startswith("pre/"):
+                front += e["dur"]
+    total = sum(per_op.values()) or 1.0
+    return sorted(((op, 100.0 * us / total) for op, us in per_op.items()), key=lambda x: -x[1]), 100 * front / total
+
+
+def scene(h: int, w: int, i: int = 0) -> np.ndarray:
+    """A held-out synthetic scene resized to h x w (objects the demo model detects)."""
+    return np.asarray(Image.fromarray(held_out_images(i + 1)[i]).resize((w, h), Image.BILINEAR))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iters", type=int, default=5, help="timed runs per side and block (2 blocks; median)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows, fronts, profiles = [], [], {}
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.models.split(","):
+            ckpt = resolve_checkpoint(name, None)
+            model = build(name, ckpt)  # default-configured
+            if ckpt is None:
+                calibrate_batchnorm(model, 512, torch.Generator().manual_seed(0))
+            pix, ten = Path(d) / f"{name}_image.onnx", Path(d) / f"{name}_tensor.onnx"
+            t0 = time.perf_counter()
+            export_detector(model, pix, input="image")
+            export_s = time.perf_counter() - t0
+            export_detector(model, ten, input="tensor")
+            det = Detector(pix, threads=args.threads)
+            for h, w in SIZES:
+                img = scene(h, w)
+                eager, onnx_s = interleaved(lambda: reference_detections(model, img), lambda: det.predict(img),
+                                            args.iters)
+                r = {"model": name, "image": f"{w}x{h}", "eager_ms": eager * 1e3, "onnxruntime_ms": onnx_s * 1e3,
+                     "speedup": eager / onnx_s, "export_s": export_s,
+                     "resized": list(det.preprocessing.resized_size(h, w))}
+                rows.append(r)
+                print(f"{name:26s} {r['image']:>10s} -> {r['resized'][1]}x{r['resized'][0]}  eager "
+                      f"{r['eager_ms']:8.1f} ms  ORT {r['onnxruntime_ms']:8.1f} ms  speedup {r['speedup']:.2f}x",
+                      flush=True)
+            ops, front_pct = profile(pix, {"image": scene(750, 1000)[None]}, args.threads)
+            profiles[name] = {"image": "1000x750", "top_ops_pct": ops[:10], "front_end_pct": front_pct}
+            print(f"  ORT profile {name} at 1000x750: front end {front_pct:.1f}% | "
+                  + ", ".join(f"{op} {pct:.1f}%" for op, pct in ops[:8]), flush=True)
+            with Detector(ten, threads=args.threads) as numpy_path:
+                for h, w in FRONT_END_SIZES:
+                    img = scene(h, w)
+                    graph_s, numpy_s = interleaved(lambda: det.predict(img), lambda: numpy_path.predict(img),
+                                                   args.iters)
+                    f = {"model": name, "image": f"{w}x{h}", "in_graph_ms": graph_s * 1e3,
+                         "numpy_front_end_ms": numpy_s * 1e3, "ratio": numpy_s / graph_s}
+                    fronts.append(f)
+                    print(f"  Detector.predict {f['image']:>10s}: in-graph front end {f['in_graph_ms']:8.1f} ms, "
+                          f"numpy front end {f['numpy_front_end_ms']:8.1f} ms ({f['ratio']:.2f}x)", flush=True)
+            det.close()
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "results": rows, "front_end": fronts,
+                                         "profiles": profiles}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
