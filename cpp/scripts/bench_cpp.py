@@ -9,7 +9,7 @@
    both on ONNX Runtime CPU with 2 threads, interleaved, medians; the two must find the same boxes.
 3. Binary sizes of libdeploykit.so and deploykit-detect.
 
-MODEL is a pixels-in detector (deploykit export fasterrcnn_demo --input image --dynamic-size).
+MODEL is a pixels-in detector (deploykit export fasterrcnn_demo --input image).
 Report the CPU and the load (printed) beside the figures: these machines are shared.
 """
 

@@ -12,7 +12,7 @@ namespace {
 
 const char* kExportHint =
     "a pixels-in graph (input 'image' uint8 [B, H, W, 3], manifest preprocessing.in_graph true; export it with "
-    "`deploykit export MODEL --input image [--dynamic-size | --input-size HxW]`)";
+    "`deploykit export MODEL --input image [--input-size HxW]`)";
 
 std::string size_text(int64_t h, int64_t w) { return "(" + std::to_string(h) + ", " + std::to_string(w) + ")"; }
 
