@@ -1,7 +1,8 @@
 // bench_detector MODEL IMAGE.u8 HEIGHT WIDTH [ROUNDS] [bgr]: deploykit::Detector::predict against a bare
 // ONNX Runtime C++ Run on the same feed (the same uint8 [1, H, W, 3] tensor, 2 intra-op threads,
 // all graph optimisations: what the Detector's session uses), interleaved in one process,
-// medians. With "bgr" the Detector gets the image in BGR order (converted while packing: one copy)
+// medians. A second bare session (the control) measures the noise floor: on a shared machine two
+// identical sessions differ by a few percent, so read the Detector's overhead against that. With "bgr" the Detector gets the image in BGR order (converted while packing: one copy)
 // and the bare Run the RGB tensor; without it the Detector feeds the caller's RGB buffer as is.
 // Prints one JSON line. Speed is reported, never asserted.
 #include <onnxruntime/onnxruntime_cxx_api.h>
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
         so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
         so.SetIntraOpNumThreads(2);
         so.SetInterOpNumThreads(1);
-        Ort::Session bare(env, model.c_str(), so);
+        Ort::Session bare(env, model.c_str(), so), control(env, model.c_str(), so);
         Ort::AllocatorWithDefaultOptions alloc;
         std::string in_name = bare.GetInputNameAllocated(0, alloc).get();
         std::vector<std::string> out_names;
@@ -69,32 +70,34 @@ int main(int argc, char** argv) {
         const char* ins[] = {in_name.c_str()};
         auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
         const int64_t shape[] = {1, height, width, 3};
-        auto run_bare = [&] {
+        auto run_on = [&](Ort::Session& session) {
             Ort::Value tensor = Ort::Value::CreateTensor<uint8_t>(memory, pixels.data(), pixels.size(), shape, 4);
-            auto result = bare.Run(Ort::RunOptions{nullptr}, ins, &tensor, 1, outs.data(), outs.size());
+            auto result = session.Run(Ort::RunOptions{nullptr}, ins, &tensor, 1, outs.data(), outs.size());
             return result[0].GetTensorData<int32_t>()[0];
         };
+        auto run_bare = [&] { return run_on(bare); };
         size_t found = 0;
         int32_t bare_found = 0;
         for (int w = 0; w < 2; ++w) {  // warm-up
             found = detector.predict(view).size();
             bare_found = run_bare();
         }
-        std::vector<double> t_detector, t_bare;
-        for (int r = 0; r < rounds; ++r) {  // interleaved, alternating which goes first
-            if (r % 2) {
-                t_detector.push_back(time_ms([&] { found = detector.predict(view).size(); }));
-                t_bare.push_back(time_ms([&] { bare_found = run_bare(); }));
-            } else {
-                t_bare.push_back(time_ms([&] { bare_found = run_bare(); }));
-                t_detector.push_back(time_ms([&] { found = detector.predict(view).size(); }));
+        std::vector<double> t_detector, t_bare, t_control;
+        for (int r = 0; r < rounds; ++r) {  // interleaved; the order rotates every round
+            for (int k = 0; k < 3; ++k) {
+                switch ((r + k) % 3) {
+                    case 0: t_detector.push_back(time_ms([&] { found = detector.predict(view).size(); })); break;
+                    case 1: t_bare.push_back(time_ms([&] { bare_found = run_bare(); })); break;
+                    default: t_control.push_back(time_ms([&] { run_on(control); })); break;
+                }
             }
         }
-        const double md = median(t_detector), mb = median(t_bare);
+        const double md = median(t_detector), mb = median(t_bare), mc = median(t_control);
         std::cout << "{\"image\": [" << height << ", " << width << "], \"bgr\": " << (bgr ? "true" : "false")
                   << ", \"rounds\": " << rounds
                   << ", \"detector_ms\": " << md << ", \"bare_ort_run_ms\": " << mb
-                  << ", \"overhead_pct\": " << 100.0 * (md / mb - 1.0) << ", \"detections\": " << found
+                  << ", \"overhead_pct\": " << 100.0 * (md / mb - 1.0) << ", \"control_bare_ms\": " << mc
+                  << ", \"control_vs_bare_pct\": " << 100.0 * (mc / mb - 1.0) << ", \"detections\": " << found
                   << ", \"bare_num_detections\": " << bare_found << "}\n";
     } catch (const std::exception& e) {
         std::cerr << "bench_detector: " << e.what() << "\n";
