@@ -114,7 +114,14 @@ class _Workload:
         if self.kind == "detector":
             from .parity.detector import held_out_images
 
-            return held_out_images(n)
+            images = held_out_images(n)
+            if self.runner.pixels_in:  # frames of one stream: one batch shares one size (the first image's)
+                from PIL import Image
+
+                h, w = images[0].shape[:2]
+                images = [im if im.shape[:2] == (h, w) else np.asarray(Image.fromarray(im).resize((w, h)))
+                          for im in images]
+            return images
         from .models.spade_demo_data import make_sample
 
         h, w = self.runner.size
@@ -130,10 +137,7 @@ class _Workload:
 
     def model_feed(self, items: list[Any]) -> dict[str, np.ndarray]:
         if self.kind == "detector":
-            from .runtime.preprocess import preprocess_batch
-
-            images, sizes, _ = preprocess_batch(items, self.runner.preprocessing)
-            return {"images": images, "image_sizes": sizes}
+            return self.runner.feed(items)[0]  # pixels for a pixels-in graph, tensors otherwise
         return self._generator_feed(items)
 
     def _generator_feed(self, items: list[Any]) -> dict[str, np.ndarray]:

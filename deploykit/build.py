@@ -75,8 +75,12 @@ def check_ready(onnx_path: Path, data: bytes, onnx_manifest: dict[str, Any],
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
                  workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: str | os.PathLike | None = None,
-                 verbose: bool = False, echo: Callable[[str], None] = print) -> Path:
+                 verbose: bool = False, echo: Callable[[str], None] = print,
+                 opt_image_size: tuple[int, int] | None = None) -> Path:
     """Build ``plan_path`` from ``onnx_path`` (with its manifest); return the plan's path.
+
+    The optimisation profile comes from the manifest: batch range, and for dynamic-size
+    detectors the image size range (min/opt/max; ``opt_image_size`` overrides opt).
 
     Raises CheckFailed (exit 1) when the graph breaks the TensorRT-readiness
     rules (checked first, without TensorRT; each violation echoed on its own
@@ -102,7 +106,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     if not isinstance(workspace_mb, int) or workspace_mb < 1:
         raise BadInput(expected_got("--workspace-mb", "a positive number of MiB", repr(workspace_mb)))
     onnx_manifest = read_manifest(onnx_path)  # verifies the sha256
-    shapes = profile_shapes(onnx_manifest)
+    shapes = profile_shapes(onnx_manifest, opt_image_size)
     data = onnx_path.read_bytes()
     readiness = check_ready(onnx_path, data, onnx_manifest, echo)
     require("deploykit build")

@@ -64,6 +64,20 @@ def demo_detector_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_detector_pixels_onnx(tmp_path_factory):
+    """fasterrcnn_demo (bundled checkpoint) exported pixels-in: uint8 image [batch, height, width, 3] of any
+    size (the model's own resize), batch 1..4, FP32, once per session."""
+    from deploykit import models
+    from deploykit.export.detector import export_detector, model_info
+
+    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
+    net = models.build("fasterrcnn_demo", ckpt)
+    path = tmp_path_factory.mktemp("demo_detector_pixels") / "pix.onnx"
+    export_detector(net, path, input="image", dynamic_batch=4, model_info=model_info("fasterrcnn_demo", ckpt, {}))
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_generator_onnx(tmp_path_factory):
     """spade_demo (bundled checkpoint) exported, FP32, once per session."""
     from deploykit.export.spade import export_spade

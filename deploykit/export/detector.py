@@ -199,7 +199,10 @@ def export_detector(
     if dynamic:
         preprocessing.update({"min_size": min_size, "max_size": max_size})
         if not pixels:
-            preprocessing["padded_size_range"] = {"min": [d, d], "max": [top * d, top * d]}
+            oh, ow = torchvision_resized_size(*(opt_image_size or DEFAULT_OPT_IMAGE), min_size=min_size,
+                                              max_size=max_size)
+            preprocessing["padded_size_range"] = {"min": [d, d], "opt": [-(-oh // d) * d, -(-ow // d) * d],
+                                                  "max": [top * d, top * d]}
     else:
         preprocessing["input_size"] = list(canvas)
     if pixels:

@@ -604,6 +604,8 @@ def _output_violations(gr: _Graph) -> list[Violation]:
             if isinstance(d, int) or d in symbols:
                 continue
             source = _data_dependent_source(gr, o.name)
+            if source is None and isinstance(d, str) and d != "?":
+                continue  # a symbolic expression of the input shapes (e.g. anchors of a dynamic raw graph)
             why = f"data-dependent (from {source})" if source else "not derived from the input shapes"
             out.append(Violation("graph", "output", "output-shape", f"output {o.name!r} dimension {axis}",
                                  f"a fixed size or an input dimension {_fmt(symbols) if symbols else ''}".strip(),

@@ -292,7 +292,7 @@ class ExportableFasterRCNN(nn.Module):
         self.emulation: PaddingEmulation | None = None
         d = self.size_divisible
         if self.dynamic:  # the padding is torchvision's own: nothing to emulate
-            h = w = 4 * d  # a probe size for the feature layout only
+            h = w = 8 * d  # a probe for the feature layout and the RoI scales of a normal-size image
         else:
             h, w = self.input_size
         if emulate_padding and not self.dynamic:
@@ -542,36 +542,36 @@ class ExportableFasterRCNN(nn.Module):
                                          sampling_ratio=self.pool_sampling, aligned=False)
 
     def _roi_align_dynamic(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, sizes: Tensor) -> Tensor:
-        """MultiScaleRoIAlign for any input size: scales and levels inferred from the shapes.
+        """MultiScaleRoIAlign for any input size.
 
-        As torchvision: each level's scale is ``2 ** round(log2(feature_h / image_h))`` with
-        image_h the largest resized (unpadded) height of the batch, the level range is
-        ``[-log2(scale_first), -log2(scale_last)]`` and each RoI's level is the FPN rule,
-        clamped to it. The levels are stacked in one mosaic (level 0 on top, each map edge-padded
-        by one row/column and zero-padded to level 0's width), so one RoiAlign pools every RoI.
+        Scales and the level range are those torchvision infers for a normal-size image
+        (``2 ** round(log2(feature_h / image_h))`` = 1/stride; see the note below); each RoI's
+        level is the FPN rule. The levels are stacked in one mosaic whose layout follows the
+        shapes (level 0 on top, each map edge-padded by one row/column and zero-padded to level
+        0's width), so one RoiAlign pools every RoI.
+
+        torchvision's ``MultiScaleRoIAlign`` infers its scales on the first batch it sees and
+        keeps them (``self.scales`` is cached), so a model in use pools with the scales of its
+        first image: 1/stride unless that image was resized to under ~75 pixels high.
         """
         b, p = proposals.shape[0], proposals.shape[1]
         maps = [feats[name] for name in self.pool_names]
         flat = proposals.reshape(b * p, 4)
         batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
-        image_h = sizes[:, 0].max()
-        heights = torch.stack([torch.full((), f.shape[-2], dtype=torch.float32) for f in maps])  # [L]
-        log_scale = torch.round(torch.log2(heights / image_h))  # [L], integers
-        if len(maps) == 1:
-            rois = torch.cat([batch_idx, flat * torch.exp2(log_scale[0])], dim=1)
-            return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=1.0,
+        if len(maps) == 1 or self.pool_k_min == self.pool_k_max:  # one level receives every RoI
+            rois = torch.cat([batch_idx, flat], dim=1)
+            return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=self.pool_scales[0],
                                              sampling_ratio=self.pool_sampling, aligned=False)
-        k_min, k_max = -log_scale[0], -log_scale[-1]
         area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
         lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + 1e-6)
-        lvl = (torch.minimum(torch.maximum(lvl, k_min), k_max) - k_min).to(torch.int64)
+        lvl = (torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min).to(torch.int64)
         tiles = [torch.nn.functional.pad(f, (0, 1, 0, 1), mode="replicate") for f in maps]
         width = tiles[0].shape[-1]
         tiles = [tiles[0]] + [torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in tiles[1:]]
         tops = torch.cumsum(torch.stack([torch.full((), t.shape[-2], dtype=torch.float32) for t in tiles]), 0)
         tops = torch.cat([torch.zeros(1), tops[:-1]])  # [L] first row of each level's tile
         mosaic = torch.cat(tiles, dim=2)
-        scale = torch.exp2(log_scale)[lvl].unsqueeze(1)  # [R, 1]
+        scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
         top = tops[lvl].unsqueeze(1)
         shift = torch.cat([torch.zeros_like(top), top, torch.zeros_like(top), top], dim=1)
         rois = torch.cat([batch_idx, flat * scale + shift], dim=1)

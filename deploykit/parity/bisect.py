@@ -447,18 +447,17 @@ def _random_feeds(path: Path, n: int) -> list[dict[str, np.ndarray]]:
 
 def _detector_feeds(artifact: Path, images_dir, samples: int) -> tuple[str, list[dict[str, np.ndarray]]]:
     from ..runtime import Detector
-    from ..runtime.preprocess import preprocess_batch
     from .run import _detector_inputs
 
     source, images = _detector_inputs(images_dir)
+    feeds = []
     with Detector(artifact) as det:
         batch = det.batch_range[0]  # the smallest batch a run takes
-        pre = det.preprocessing
-    feeds = []
-    for k in range(min(samples, len(images))):
-        imgs = [images[(k * batch + j) % len(images)][1] for j in range(batch)]
-        x, sizes, _ = preprocess_batch(imgs, pre)
-        feeds.append({"images": x, "image_sizes": sizes})
+        for k in range(min(samples, len(images))):
+            imgs = [images[(k * batch + j) % len(images)][1] for j in range(batch)]
+            if det.pixels_in:  # one batch shares one size
+                imgs = [imgs[0]] * batch
+            feeds.append(det.feed(imgs)[0])
     return f"{len(feeds)} of {source}", feeds
 
 

@@ -183,12 +183,15 @@ class Detector(OwnsSession):
         return self.preprocessing.in_graph
 
     # -- public API -------------------------------------------------------
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None,
+                ) -> Detections | list[Detections]:
         """Detect objects.
 
         Args:
             images: one uint8 ``[H, W, 3]`` RGB array (``[H, W]`` gray and
                 ``[H, W, 4]`` RGBA are converted), or a list of them.
+            names: what to call each image in error messages (default ``image``,
+                ``image 0``, ``image 1``...), e.g. the file names.
 
         Returns:
             :class:`Detections` for one array, a list of them for a list. Lists
@@ -197,7 +200,7 @@ class Detector(OwnsSession):
             a fixed batch's last chunk is filled with copies whose results are dropped.
         """
         if isinstance(images, np.ndarray):
-            return self._predict_batch([images])[0]
+            return self._predict_batch([images], names=names)[0]
         if not isinstance(images, (list, tuple)):
             raise BadInput(expected_got("images", "a uint8 [H, W, 3] array or a list of them",
                                         type(images).__name__))
@@ -209,7 +212,8 @@ class Detector(OwnsSession):
             if self.pixels_in:  # a run of one size
                 first = np.shape(images[start])[:2]
                 stop = next((i for i in range(start + 1, stop) if np.shape(images[i])[:2] != first), stop)
-            results.extend(self._predict_batch(images[start:stop], offset=start))
+            results.extend(self._predict_batch(images[start:stop], offset=start,
+                                               names=None if names is None else names[start:stop]))
             start = stop
         return results
 
@@ -244,8 +248,10 @@ class Detector(OwnsSession):
         return {"images": tensor, "image_sizes": image_sizes}, sizes
 
     # -- pipeline ---------------------------------------------------------
-    def _predict_batch(self, images: Sequence[np.ndarray], offset: int = 0) -> list[Detections]:
-        names = [f"image {offset + i}" if len(images) > 1 or offset else "image" for i in range(len(images))]
+    def _predict_batch(self, images: Sequence[np.ndarray], offset: int = 0,
+                       names: Sequence[str] | None = None) -> list[Detections]:
+        if names is None:
+            names = [f"image {offset + i}" if len(images) > 1 or offset else "image" for i in range(len(images))]
         rgb = [to_rgb(image, name) for image, name in zip(images, names)]
         feed, sizes = self.feed(rgb, names)
         out = self.session.run(feed)

@@ -59,28 +59,13 @@ def check_label_values(label_map: np.ndarray, label_range: tuple[int, int], dont
                                     f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
 
 
-class Generator(OwnsSession):
-    """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
+class GeneratorInputs:
+    """A generator's input checks from its manifest, without a session: :meth:`feed` builds the checked
+    input dict (label range, size, instance ids, ``z``) that the graph takes, locally or on a server."""
 
-    ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
-    [H, W, 3] uint8. ``label_map``: [H, W] integer array of raw labels (values as
-    in the training data: ``label_range`` plus the dontcare values, see
-    :attr:`allowed_labels`); ``instance_map``: [H, W] integer ids, required when the
-    model uses instance edges. H×W must equal :attr:`size` unless ``resize=True``
-    (nearest, as the upstream loader).
-    """
-
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, cuda_graph: bool = False):
-        self.session = load(path, threads=threads, cuda_graph=cuda_graph)
-        manifest = self.session.manifest
-        if not manifest:
-            raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",
-                                        "no manifest"))
-        self.manifest: dict[str, Any] = manifest
-        if self.manifest.get("kind") != "generator":
-            raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
-                                        f"kind {self.manifest.get('kind')!r}"))
-        pre = self.manifest["preprocessing"]
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        pre = manifest["preprocessing"]
         self.pre = pre
         self.size: tuple[int, int] = (int(pre["input_size"][0]), int(pre["input_size"][1]))
         self.label_range: tuple[int, int] = (int(pre["label_range"][0]), int(pre["label_range"][1]))
@@ -89,9 +74,9 @@ class Generator(OwnsSession):
         self.use_vae = bool(pre.get("use_vae", False))
         self.z_dim = pre.get("z_dim")
         self.dtypes = {k: np.dtype(v) for k, v in pre["input_dtypes"].items()}
-        batch = self.manifest["batch"]
+        batch = manifest["batch"]
         self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
-        self.output_kind = self.manifest.get("postprocessing", {}).get("output", "float")
+        self.output_kind = manifest.get("postprocessing", {}).get("output", "float")
 
     @property
     def allowed_labels(self) -> str:
@@ -152,6 +137,29 @@ class Generator(OwnsSession):
             feed = {k: np.repeat(v, self.batch, axis=0) for k, v in feed.items()}
         return feed
 
+
+class Generator(GeneratorInputs, OwnsSession):
+    """Run an exported SPADE generator (ONNX file or TensorRT plan with its manifest).
+
+    ``Generator(path, threads=None).generate(label_map, instance_map=None)`` →
+    [H, W, 3] uint8. ``label_map``: [H, W] integer array of raw labels (values as
+    in the training data: ``label_range`` plus the dontcare values, see
+    :attr:`allowed_labels`); ``instance_map``: [H, W] integer ids, required when the
+    model uses instance edges. H×W must equal :attr:`size` unless ``resize=True``
+    (nearest, as the upstream loader).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, cuda_graph: bool = False):
+        self.session = load(path, threads=threads, cuda_graph=cuda_graph)
+        manifest = self.session.manifest
+        if not manifest:
+            raise BadInput(expected_got(f"model {path}", "a deploykit manifest beside it (from deploykit export)",
+                                        "no manifest"))
+        if manifest.get("kind") != "generator":
+            raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
+                                        f"kind {manifest.get('kind')!r}"))
+        super().__init__(manifest)
+
     # -- run ------------------------------------------------------------------
 
     def generate(self, label_map: Any, instance_map: Any = None, *, z: Any = None, seed: int | None = None,
@@ -182,17 +190,18 @@ def read_map(path: str | os.PathLike, what: str) -> np.ndarray:
 
 def infer_generator(model_path: str | os.PathLike, label_paths: Sequence[str | os.PathLike],
                     out_dir: str | os.PathLike, instance_paths: Sequence[str | os.PathLike] | None = None,
-                    resize: bool = False, threads: int | None = None) -> list[Path]:
+                    resize: bool = False, threads: int | None = None, generator: Any = None) -> list[Path]:
     """Generate one PNG per label map into ``out_dir`` (``<label stem>.png``, written atomically).
 
     ``instance_paths``: one instance map per label map, in the same order, for
-    instance models. Returns the written paths.
+    instance models. Returns the written paths. ``generator``: an already open one to use
+    instead (e.g. a ``deploykit.serving.Client``).
     """
     from PIL import Image
 
     from ..fileio import atomic_path
 
-    gen = Generator(model_path, threads=threads)
+    gen = generator if generator is not None else Generator(model_path, threads=threads)
     label_paths = [Path(p) for p in label_paths]
     if instance_paths is not None and len(instance_paths) != len(label_paths):
         raise BadInput(expected_got("instance maps", f"one per label map ({len(label_paths)})", len(instance_paths)))

@@ -34,7 +34,7 @@ def _check_outputs(image_paths: list[Path], out_dir: Path) -> None:
 
 def infer_detector(model_path: str | os.PathLike, image_paths: Iterable[str | os.PathLike],
                    out_dir: str | os.PathLike, *, min_score: float = 0.0, threads: int | None = None,
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, detector: Detector | None = None) -> list[Path]:
     """Run a detector on image files; write ``<stem>.json`` and ``<stem>.png`` per image into ``out_dir``.
 
     The JSON holds ``{"image", "width", "height", "model", "min_score",
@@ -44,18 +44,20 @@ def infer_detector(model_path: str | os.PathLike, image_paths: Iterable[str | os
     are read a batch at a time; an unreadable image raises BadInput before
     anything is written for it (outputs of earlier images stay, complete).
 
-    Returns the written paths, ``[a.json, a.png, b.json, b.png, ...]``.
+    Returns the written paths, ``[a.json, a.png, b.json, b.png, ...]``. ``detector``: an
+    already open predictor to use instead (e.g. a ``deploykit.serving.Client``); it is closed after.
     """
     paths = [Path(p) for p in image_paths]
     out_dir = Path(out_dir)
     _check_outputs(paths, out_dir)
     written: list[Path] = []
-    with Detector(model_path, threads=threads) as detector, _progress(progress, len(paths)) as advance:
+    detector = detector if detector is not None else Detector(model_path, threads=threads)
+    with detector, _progress(progress, len(paths)) as advance:
         step = detector.batch_size
         for start in range(0, len(paths), step):
             chunk = paths[start:start + step]
             images = [load_image(p) for p in chunk]
-            for path, image, dets in zip(chunk, images, detector.predict(images)):
+            for path, image, dets in zip(chunk, images, detector.predict(images, names=[f"image {p}" for p in chunk])):
                 dets = dets.above(min_score)
                 png_path, json_path = out_dir / f"{path.stem}.png", out_dir / f"{path.stem}.json"
                 drawn = draw_detections(image, dets, min_score=min_score)

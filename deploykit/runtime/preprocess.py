@@ -41,11 +41,12 @@ from ..errors import BadInput, expected_got
 SUPPORTED = {
     "resize": ("fit", "torchvision"),
     "interpolation": ("bilinear",),
-    "input_dtype": ("float32", "uint8"),
-    "layout": ("NCHW", "NHWC"),
     "color": ("RGB",),
     "mode": ("fixed", "dynamic"),
 }
+#: The graph input's dtype and layout, for tensor-input and pixels-in graphs.
+INPUT_FORMAT = {False: {"input_dtype": ("float32",), "layout": ("NCHW",)},
+                True: {"input_dtype": ("uint8",), "layout": ("NHWC",)}}
 
 
 def _size_pair(value: Any, where: str, what: str = "[H, W] positive ints") -> tuple[int, int]:
@@ -87,14 +88,14 @@ class Preprocessing:
         """Build from a manifest's ``preprocessing`` dict; BadInput names the bad field."""
         if not isinstance(section, dict):
             raise BadInput(expected_got(where, "a dict", type(section).__name__))
-        for key, allowed in SUPPORTED.items():
+        in_graph = section.get("in_graph", False)
+        if not isinstance(in_graph, bool):
+            raise BadInput(expected_got(f"{where}.in_graph", "true or false", repr(in_graph)))
+        for key, allowed in {**SUPPORTED, **INPUT_FORMAT[in_graph]}.items():
             value = section.get(key, allowed[0])
             if value not in allowed:
                 raise BadInput(expected_got(f"{where}.{key}", " or ".join(map(repr, allowed)), repr(value)))
         mode = section.get("mode", "fixed")
-        in_graph = section.get("in_graph", False)
-        if not isinstance(in_graph, bool):
-            raise BadInput(expected_got(f"{where}.in_graph", "true or false", repr(in_graph)))
         size = min_size = max_size = None
         if mode == "fixed":
             size = _size_pair(section.get("input_size"), f"{where}.input_size")
