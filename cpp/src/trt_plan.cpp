@@ -20,7 +20,41 @@ size_t buffer_nbytes(const std::vector<int64_t>& shape, DType dtype) {
     return element_count(shape, "buffer shape") * dtype_size(dtype);
 }
 
-ProfileShapes profile_shapes(const Manifest& manifest) {
+namespace {
+
+// {min, opt, max} of image dimension `dim` from preprocessing.<key>, or nullopt when `dim` is not one.
+std::optional<std::array<int64_t, 3>> image_dim_range(const Manifest& manifest, const std::string& dim,
+                                                      const std::optional<std::pair<int64_t, int64_t>>& opt_image,
+                                                      const std::string& where) {
+    static const std::pair<const char*, std::pair<const char*, int>> dims[] = {
+        {"height", {"image_size_range", 0}}, {"width", {"image_size_range", 1}},
+        {"padded_height", {"padded_size_range", 0}}, {"padded_width", {"padded_size_range", 1}}};
+    for (const auto& [name, where_in] : dims) {
+        if (dim != name) continue;
+        const auto [key, axis] = where_in;
+        const nlohmann::json& pre = manifest.section("preprocessing");
+        auto it = pre.find(key);
+        if (it == pre.end() || !it->is_object())
+            bad_input(where + " (" + dim + ")", std::string("a range in manifest preprocessing.") + key, "none");
+        auto at = [&](const char* which, const char* fallback) -> int64_t {
+            const nlohmann::json* v = it->contains(which) ? &(*it)[which] : (fallback && it->contains(fallback) ? &(*it)[fallback] : nullptr);
+            if (!v || !v->is_array() || v->size() != 2 || !(*v)[axis].is_number_integer())
+                bad_input(std::string("manifest preprocessing.") + key, "{min: [h, w], opt: [h, w], max: [h, w]}", json_text(*it));
+            return (*v)[axis].get<int64_t>();
+        };
+        int64_t low = at("min", nullptr), high = at("max", nullptr), opt = at("opt", "min");
+        if (opt_image && std::string(key) == "image_size_range") opt = axis == 0 ? opt_image->first : opt_image->second;
+        if (!(1 <= low && low <= opt && opt <= high))
+            bad_input("profile for " + dim, "min <= opt <= max within " + std::to_string(low) + ".." + std::to_string(high),
+                      "opt " + std::to_string(opt));
+        return std::array<int64_t, 3>{low, opt, high};
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+ProfileShapes profile_shapes(const Manifest& manifest, const std::optional<std::pair<int64_t, int64_t>>& opt_image_size) {
     BatchRange b = manifest.batch;
     int64_t low = b.dynamic ? b.min : b.opt, opt = b.opt, high = b.dynamic ? b.max : b.opt;
     ProfileShapes shapes;
@@ -28,13 +62,16 @@ ProfileShapes profile_shapes(const Manifest& manifest) {
         std::array<std::vector<int64_t>, 3> per;
         for (size_t axis = 0; axis < spec.shape.size(); ++axis) {
             const Dim& d = spec.shape[axis];
+            const std::string where = "manifest input '" + spec.name + "' dim " + std::to_string(axis);
             if (d.is_static()) {
                 for (auto& p : per) p.push_back(d.value);
             } else if (d.symbol == "batch") {
                 per[0].push_back(low), per[1].push_back(opt), per[2].push_back(high);
+            } else if (auto range = image_dim_range(manifest, d.symbol, opt_image_size, where)) {
+                for (int i = 0; i < 3; ++i) per[i].push_back((*range)[i]);
             } else {
-                bad_input("manifest input '" + spec.name + "' dim " + std::to_string(axis),
-                          "an int or 'batch' (the only dimension with a range)", "'" + d.symbol + "'");
+                bad_input(where, "an int, 'batch' or a detector image dimension (height, width, padded_height, padded_width)",
+                          "'" + d.symbol + "'");
             }
         }
         shapes[spec.name] = per;

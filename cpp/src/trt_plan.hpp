@@ -21,10 +21,13 @@ DType dtype_from_trt_name(const std::string& trt_name, const std::string& tensor
 size_t buffer_nbytes(const std::vector<int64_t>& shape, DType dtype);
 
 // Optimisation-profile shapes {input: (min, opt, max)} from a manifest: "batch" takes the
-// manifest's batch range when it is dynamic (opt for all three when not); any other symbolic
+// manifest's batch range when it is dynamic (opt for all three when not); a detector's image
+// dimensions take preprocessing.image_size_range (height, width of a pixels-in graph) or
+// padded_size_range (padded_height, padded_width of a dynamic tensor-input graph), with
+// `opt_image_size` {h, w} replacing the image range's opt when given; any other symbolic
 // dimension has no range to build for and is refused.
 using ProfileShapes = std::map<std::string, std::array<std::vector<int64_t>, 3>>;
-ProfileShapes profile_shapes(const Manifest& manifest);
+ProfileShapes profile_shapes(const Manifest& manifest, const std::optional<std::pair<int64_t, int64_t>>& opt_image_size = std::nullopt);
 
 // "11.4.0" from getInferLibVersion()'s integer (major * 10000 + minor * 100 + patch).
 std::string version_text(int lib_version);

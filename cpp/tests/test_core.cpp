@@ -191,10 +191,31 @@ TEST(TensorRTPlan, ProfileShapesFromTheManifestBatchRange) {
     EXPECT_EQ(shapes["images"][2], (V{4, 3, 64, 96}));
 }
 
+TEST(TensorRTPlan, ProfileImageDimsFromTheImageSizeRange) {
+    json j = base_manifest();  // image [batch, height, width, 3]
+    j["preprocessing"] = {{"image_size_range", {{"min", {32, 48}}, {"opt", {720, 1280}}, {"max", {4096, 4000}}}}};
+    auto shapes = trt::profile_shapes(parse_manifest(j.dump(), "m.json"));
+    using V = std::vector<int64_t>;
+    EXPECT_EQ(shapes["image"][0], (V{1, 32, 48, 3}));
+    EXPECT_EQ(shapes["image"][1], (V{2, 720, 1280, 3}));
+    EXPECT_EQ(shapes["image"][2], (V{8, 4096, 4000, 3}));
+    shapes = trt::profile_shapes(parse_manifest(j.dump(), "m.json"), std::make_pair(int64_t(480), int64_t(640)));
+    EXPECT_EQ(shapes["image"][1], (V{2, 480, 640, 3}));
+    auto [code, message] = error_of([&] {
+        trt::profile_shapes(parse_manifest(j.dump(), "m.json"), std::make_pair(int64_t(8000), int64_t(640)));
+    });
+    EXPECT_EQ(message, "profile for height: expected min <= opt <= max within 32..4096, got opt 8000");
+}
+
 TEST(TensorRTPlan, ProfileRefusesDimsWithoutARange) {
-    Manifest m = parse_manifest(base_manifest().dump(), "m.json");  // image [batch, height, width, 3]
-    auto [code, message] = error_of([&] { trt::profile_shapes(m); });
-    EXPECT_EQ(message, "manifest input 'image' dim 1: expected an int or 'batch' (the only dimension with a range), got 'height'");
+    Manifest m = parse_manifest(base_manifest().dump(), "m.json");  // no image_size_range
+    EXPECT_EQ(error_of([&] { trt::profile_shapes(m); }).second,
+              "manifest input 'image' dim 1 (height): expected a range in manifest preprocessing.image_size_range, got none");
+    json j = base_manifest();
+    j["inputs"][0]["shape"] = {"batch", "depth", 3};
+    EXPECT_EQ(error_of([&] { trt::profile_shapes(parse_manifest(j.dump(), "m.json")); }).second,
+              "manifest input 'image' dim 1: expected an int, 'batch' or a detector image dimension (height, width, "
+              "padded_height, padded_width), got 'depth'");
 }
 
 TEST(TensorRTPlan, BufferSizesAndDtypes) {
