@@ -1,0 +1,159 @@
+// deploykit-detect MODEL IMAGE... -o DIR: the C++ twin of `deploykit infer` for detectors.
+// Writes DIR/<stem>.json per image with the schema `deploykit infer` writes:
+//   {"image", "width", "height", "model", "min_score",
+//    "detections": [{"box": [x1, y1, x2, y2], "score", "label", "label_name"}]}
+// (boxes in the image's pixels). No drawn PNG (the Python CLI also writes one). Images are decoded
+// with stb_image (PNG decodes to the same pixels as PIL; JPEG decoders may differ by a grey level).
+#include <stb_image.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "deploykit/deploykit.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kUsage =
+    "usage: deploykit-detect MODEL IMAGE... -o DIR [--min-score S] [--threads N] [--providers LIST]\n"
+    "\n"
+    "Run a pixels-in detector (deploykit export MODEL --input image ...) on image files and write\n"
+    "DIR/<stem>.json per image, as `deploykit infer` does.\n"
+    "\n"
+    "  MODEL            .onnx (ONNX Runtime) or .plan (TensorRT) with its deploykit manifest beside it\n"
+    "  IMAGE...         PNG, JPEG, BMP, ... (decoded with stb_image; converted to RGB)\n"
+    "  -o, --out DIR    output folder (created; default: none, required)\n"
+    "  --min-score S    keep detections with score >= S (default 0)\n"
+    "  --threads N      ONNX Runtime intra-op threads (default 0: ONNX Runtime decides)\n"
+    "  --providers L    ONNX Runtime providers, best first, e.g. cuda,cpu (default: all available)\n"
+    "  -h, --help       this text\n"
+    "\n"
+    "Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 a runtime failure.\n";
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+void write_atomic(const fs::path& path, const std::string& text) {
+    fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        out << text;
+        if (!out) {
+            std::error_code ec;
+            fs::remove(tmp, ec);
+            throw deploykit::Error(DK_ERR_BAD_INPUT, "output " + path.string() + ": expected a writable file, got a write error");
+        }
+    }
+    fs::rename(tmp, path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> positional;
+    std::string out_dir;
+    double min_score = 0.0;
+    deploykit::Options options;
+    try {
+        for (int i = 1; i < argc; ++i) {
+            std::string arg = argv[i];
+            auto value = [&](const char* name) -> std::string {
+                if (i + 1 >= argc) throw UsageError(std::string(name) + ": expected a value, got none");
+                return argv[++i];
+            };
+            if (arg == "-h" || arg == "--help") {
+                std::cout << kUsage;
+                return 0;
+            } else if (arg == "-o" || arg == "--out") {
+                out_dir = value("-o");
+            } else if (arg == "--min-score") {
+                std::string v = value("--min-score");
+                char* end = nullptr;
+                min_score = std::strtod(v.c_str(), &end);
+                if (end == v.c_str() || *end) throw UsageError("--min-score: expected a number, got '" + v + "'");
+            } else if (arg == "--threads") {
+                std::string v = value("--threads");
+                char* end = nullptr;
+                long n = std::strtol(v.c_str(), &end, 10);
+                if (end == v.c_str() || *end || n < 0) throw UsageError("--threads: expected an int >= 0, got '" + v + "'");
+                options.threads = static_cast<int>(n);
+            } else if (arg == "--providers") {
+                std::string v = value("--providers");
+                for (size_t start = 0; start <= v.size();) {
+                    size_t comma = v.find(',', start);
+                    if (comma == std::string::npos) comma = v.size();
+                    options.providers.push_back(v.substr(start, comma - start));
+                    start = comma + 1;
+                }
+            } else if (!arg.empty() && arg[0] == '-') {
+                throw UsageError("option " + arg + ": expected one of -o, --min-score, --threads, --providers, --help, got an unknown option");
+            } else {
+                positional.push_back(arg);
+            }
+        }
+        if (positional.size() < 2) throw UsageError("arguments: expected MODEL IMAGE..., got " + std::to_string(positional.size()) + " paths");
+        if (out_dir.empty()) throw UsageError("-o DIR: expected an output folder, got none");
+        const std::string model = positional[0];
+        std::vector<fs::path> images(positional.begin() + 1, positional.end());
+        std::map<std::string, fs::path> stems;
+        for (const auto& p : images) {
+            auto [it, fresh] = stems.emplace(p.stem().string(), p);
+            if (!fresh && it->second != p)
+                throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + p.string() + ": expected a file stem unique among the inputs "
+                                       "(outputs are <stem>.json in " + out_dir + "), got same stem as " + it->second.string());
+        }
+        deploykit::Detector detector(model, options);
+        fs::create_directories(out_dir);
+        for (const auto& path : images) {
+            int width = 0, height = 0, channels = 0;
+            unsigned char* pixels = stbi_load(path.string().c_str(), &width, &height, &channels, 3);
+            if (!pixels) {
+                std::string why = fs::exists(path) ? stbi_failure_reason() : "no such file";
+                throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + path.string() + ": expected a readable image file, got " + why);
+            }
+            std::unique_ptr<unsigned char, void (*)(void*)> owned(pixels, stbi_image_free);
+            deploykit::ImageView view{pixels, width, height, 0, deploykit::PixelFormat::RGB};
+            std::vector<deploykit::Detection> found;
+            try {
+                found = detector.predict(view);
+            } catch (const deploykit::Error& e) {
+                throw deploykit::Error(e.status(), path.string() + ": " + e.what());
+            }
+            nlohmann::json detections = nlohmann::json::array();
+            for (const auto& d : found) {
+                if (d.score < min_score) continue;
+                detections.push_back({{"box", {double(d.x1), double(d.y1), double(d.x2), double(d.y2)}},
+                                      {"score", double(d.score)}, {"label", d.label}, {"label_name", d.label_name}});
+            }
+            nlohmann::ordered_json doc;
+            doc["image"] = path.string();
+            doc["width"] = width;
+            doc["height"] = height;
+            doc["model"] = model;
+            doc["min_score"] = min_score;
+            doc["detections"] = detections;
+            write_atomic(fs::path(out_dir) / (path.stem().string() + ".json"), doc.dump(2) + "\n");
+            std::cerr << path.string() << ": " << detections.size() << " detections\n";
+        }
+    } catch (const UsageError& e) {
+        std::cerr << "deploykit-detect: " << e.what() << "\n" << "try deploykit-detect --help\n";
+        return 2;
+    } catch (const deploykit::Error& e) {
+        std::cerr << "deploykit-detect: " << e.what() << "\n";
+        return e.status() == DK_ERR_RUNTIME ? 1 : 2;
+    } catch (const std::exception& e) {
+        std::cerr << "deploykit-detect: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

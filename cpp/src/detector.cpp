@@ -1,0 +1,245 @@
+#include "detector.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "error.hpp"
+
+namespace deploykit::core {
+using nlohmann::json;
+
+namespace {
+
+const char* kExportHint =
+    "a pixels-in graph (input 'image' uint8 [B, H, W, 3], manifest preprocessing.in_graph true; export it with "
+    "`deploykit export MODEL --input image [--input-size HxW]`)";
+
+std::string size_text(int64_t h, int64_t w) { return "(" + std::to_string(h) + ", " + std::to_string(w) + ")"; }
+
+// The fields of a pixels-in detector's preprocessing this runtime knows: the ones it checks, and
+// the resize facts it leaves to the graph.
+const std::vector<std::string> kPreprocessingKeys = {
+    "in_graph", "input", "layout", "color", "input_dtype", "mode", "image_size_range",
+    // resize facts (the graph applies them)
+    "input_size", "canvas", "min_size", "max_size", "resize", "interpolation", "mean", "std", "pixel_scale",
+    "size_divisible", "pad_value", "padding_emulation", "reference_transform"};
+const std::vector<std::string> kPostprocessingKeys = {"raw", "score_threshold", "nms_iou", "max_detections",
+                                                      "box_format", "box_coordinates", "padding", "rpn", "anchors"};
+
+// BGR -> RGB for one row while packing (non-aliasing pointers let the compiler keep it tight).
+void rgb_from_bgr(uint8_t* __restrict dst, const uint8_t* __restrict src, size_t pixels) {
+    for (size_t p = 0; p < pixels; ++p) {
+        dst[3 * p] = src[3 * p + 2];
+        dst[3 * p + 1] = src[3 * p + 1];
+        dst[3 * p + 2] = src[3 * p];
+    }
+}
+
+void expect_value(const json& section, const std::string& key, const std::string& want, const std::string& where) {
+    std::string got = require_string(section, key, where);
+    if (got != want) unsupported(where + " field '" + key + "'", "'" + want + "'", "'" + got + "'");
+}
+
+}  // namespace
+
+// A packing buffer from the Detector's pool, back to it when the call ends: large images do not
+// pay a fresh allocation (and its page faults) per call, and concurrent calls each get their own.
+class Detector::PackBuffer {
+public:
+    explicit PackBuffer(const Detector& owner) : owner_(owner) {
+        std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
+        if (!owner_.pool_.empty()) {
+            buffer_ = std::move(owner_.pool_.back());
+            owner_.pool_.pop_back();
+        }
+    }
+    ~PackBuffer() {
+        if (buffer_.empty()) return;
+        std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
+        if (owner_.pool_.size() < kKeep) owner_.pool_.push_back(std::move(buffer_));
+    }
+    PackBuffer(const PackBuffer&) = delete;
+    PackBuffer& operator=(const PackBuffer&) = delete;
+    void reserve(size_t bytes) {
+        if (buffer_.size() < bytes) buffer_.resize(bytes);
+    }
+    uint8_t* data() { return buffer_.data(); }
+
+private:
+    static constexpr size_t kKeep = 8;  // buffers kept for reuse (one per concurrent caller, up to 8)
+    const Detector& owner_;
+    std::vector<uint8_t> buffer_;
+};
+
+Detector::Detector(const std::filesystem::path& path, const SessionOptions& options)
+    : session_(std::make_unique<Session>(path, options, /*require_manifest=*/true)), where_("detector " + path.string()) {
+    configure();
+}
+
+void Detector::configure() {
+    const Manifest& m = *session_->manifest();
+    if (m.kind != "detector") bad_input(where_ + " manifest kind", "'detector'", "'" + m.kind + "'");
+    const json& pre = m.section("preprocessing");
+    bool tensor_graph = session_->input("images") && session_->input("image_sizes");
+    if (tensor_graph || !pre.contains("in_graph") || pre["in_graph"] != true)
+        unsupported(where_, kExportHint,
+                    tensor_graph ? "a tensor-input graph (inputs 'images' float32 and 'image_sizes')"
+                                 : "preprocessing.in_graph " + (pre.contains("in_graph") ? json_text(pre["in_graph"]) : "missing"));
+    const std::string pwhere = where_ + " manifest preprocessing";
+    refuse_unknown_keys(pre, kPreprocessingKeys, pwhere);
+    input_ = require_string(pre, "input", pwhere);
+    expect_value(pre, "layout", "NHWC", pwhere);
+    expect_value(pre, "color", "RGB", pwhere);
+    expect_value(pre, "input_dtype", "uint8", pwhere);
+    std::string mode = require_string(pre, "mode", pwhere);
+    if (mode != "dynamic" && mode != "fixed") unsupported(pwhere + " field 'mode'", "'dynamic' or 'fixed'", "'" + mode + "'");
+    const json& range = require_field(pre, "image_size_range", pwhere);
+    if (!range.is_object()) bad_input(pwhere + " field 'image_size_range'", "an object {min, opt, max}", json_text(range));
+    refuse_unknown_keys(range, {"min", "opt", "max"}, pwhere + " image_size_range");
+    auto [min_h, min_w] = require_int_pair(range, "min", pwhere + " image_size_range");
+    auto [opt_h, opt_w] = require_int_pair(range, "opt", pwhere + " image_size_range");
+    auto [max_h, max_w] = require_int_pair(range, "max", pwhere + " image_size_range");
+    if (!(1 <= min_h && min_h <= opt_h && opt_h <= max_h && 1 <= min_w && min_w <= opt_w && opt_w <= max_w))
+        bad_input(pwhere + " image_size_range", "1 <= min <= opt <= max per axis",
+                  "min " + size_text(min_h, min_w) + ", opt " + size_text(opt_h, opt_w) + ", max " + size_text(max_h, max_w));
+    min_h_ = min_h, min_w_ = min_w, max_h_ = max_h, max_w_ = max_w;
+
+    const json& post = m.section("postprocessing");
+    const std::string qwhere = where_ + " manifest postprocessing";
+    refuse_unknown_keys(post, kPostprocessingKeys, qwhere);
+    expect_value(post, "box_coordinates", "original-image pixels", qwhere);
+    if (post.contains("box_format")) expect_value(post, "box_format", "xyxy", qwhere);
+    if (post.contains("raw") && post["raw"] != false)
+        unsupported(qwhere + " field 'raw'", "false (final detections)", json_text(post["raw"]));
+    class_names_ = m.class_names;
+
+    // The graph: one uint8 [B, H, W, 3] input and the four padded outputs.
+    if (session_->inputs().size() != 1 || session_->inputs()[0].name != input_)
+        bad_input(where_ + " inputs", "one input '" + input_ + "' (manifest preprocessing.input)",
+                  std::to_string(session_->inputs().size()) + " inputs, the first '" +
+                      (session_->inputs().empty() ? std::string() : session_->inputs()[0].name) + "'");
+    const TensorSpec& in = session_->inputs()[0];
+    bool nhwc = in.dtype == DType::uint8 && in.shape.size() == 4 && in.shape[3].is_static() && in.shape[3].value == 3;
+    if (!nhwc) bad_input(where_ + " input '" + in.name + "'", "uint8 [B, H, W, 3]", in.describe());
+    if (in.shape[1].is_static()) fixed_h_ = in.shape[1].value;
+    if (in.shape[2].is_static()) fixed_w_ = in.shape[2].value;
+    auto want = [&](const char* name, DType dtype, size_t rank) {
+        const TensorSpec* s = session_->output(name);
+        if (!s || s->dtype != dtype || s->shape.size() != rank)
+            bad_input(where_ + " output '" + name + "'", std::string(dtype_name(dtype)) + " of rank " + std::to_string(rank),
+                      s ? s->describe() : "missing");
+    };
+    want("num_detections", DType::int32, 1);
+    want("boxes", DType::float32, 3);
+    want("scores", DType::float32, 2);
+    want("labels", DType::int32, 2);
+    if (in.shape[0].is_static()) {
+        batch_min_ = batch_max_ = in.shape[0].value;
+    } else {
+        batch_min_ = m.batch.min;
+        batch_max_ = m.batch.max;
+    }
+}
+
+std::string Detector::label_name(int32_t label) const {
+    if (label >= 0 && static_cast<size_t>(label) < class_names_.size()) return class_names_[label];
+    return "class_" + std::to_string(label);
+}
+
+void Detector::check_image(const ImageView& im, const std::string& name) const {
+    if (im.channels != 3)
+        bad_input(name + " channels", "3 (an RGB or BGR uint8 image; convert gray or 4-channel images first)",
+                  std::to_string(im.channels));
+    if (im.width < 1 || im.height < 1)
+        bad_input(name + " size (H, W)", "at least (1, 1)", size_text(im.height, im.width));
+    const size_t row = static_cast<size_t>(im.width) * 3;
+    if (im.stride != 0 && im.stride < row)
+        bad_input(name + " stride", ">= width * 3 = " + std::to_string(row) + " bytes per row", std::to_string(im.stride));
+    if (!im.data) bad_input(name + " data", "a pointer to " + size_text(im.height, im.width) + " x 3 uint8 pixels", "null");
+    if ((fixed_h_ >= 0 && im.height != fixed_h_) || (fixed_w_ >= 0 && im.width != fixed_w_))
+        bad_input(name + " size (H, W)",
+                  size_text(fixed_h_ >= 0 ? fixed_h_ : im.height, fixed_w_ >= 0 ? fixed_w_ : im.width) +
+                      " (the graph's fixed input size)",
+                  size_text(im.height, im.width));
+    if (im.height < min_h_ || im.width < min_w_ || im.height > max_h_ || im.width > max_w_)
+        bad_input(name + " size (H, W)",
+                  "between " + size_text(min_h_, min_w_) + " and " + size_text(max_h_, max_w_) +
+                      " (manifest image_size_range)",
+                  size_text(im.height, im.width));
+}
+
+std::vector<std::vector<Detection>> Detector::predict(const std::vector<ImageView>& images) const {
+    std::vector<std::vector<Detection>> results;
+    results.reserve(images.size());
+    const size_t step = static_cast<size_t>(batch_max_);
+    for (size_t start = 0; start < images.size(); start += step) {
+        auto part = predict_batch(images.data() + start, std::min(step, images.size() - start), start);
+        for (auto& r : part) results.push_back(std::move(r));
+    }
+    return results;
+}
+
+std::vector<std::vector<Detection>> Detector::predict_batch(const ImageView* images, size_t count, size_t offset) const {
+    const bool several = count > 1 || offset > 0;
+    auto name_of = [&](size_t i) { return several ? "image " + std::to_string(offset + i) : std::string("image"); };
+    for (size_t i = 0; i < count; ++i) check_image(images[i], name_of(i));
+    const int64_t h = images[0].height, w = images[0].width;
+    for (size_t i = 1; i < count; ++i)
+        if (images[i].height != h || images[i].width != w)
+            bad_input(name_of(i) + " size (H, W)", size_text(h, w) + " as " + name_of(0) + " (one size per batch)",
+                      size_text(images[i].height, images[i].width));
+    const size_t batch = std::max<size_t>(count, static_cast<size_t>(batch_min_));  // blank fill for a fixed batch
+    const size_t row = static_cast<size_t>(w) * 3, plane = row * static_cast<size_t>(h);
+
+    TensorView feed{input_, DType::uint8, {static_cast<int64_t>(batch), h, w, 3}, nullptr};
+    PackBuffer packed(*this);
+    const ImageView& first = images[0];
+    if (batch == 1 && !first.bgr && (first.stride == 0 || first.stride == row)) {
+        feed.data = first.data;  // already the tensor: no copy
+    } else {
+        packed.reserve(batch * plane);  // every byte is written below
+        for (size_t i = 0; i < count; ++i) {
+            const ImageView& im = images[i];
+            const size_t stride = im.stride ? im.stride : row;
+            uint8_t* dst = packed.data() + i * plane;
+            for (int64_t y = 0; y < h; ++y, dst += row) {
+                const uint8_t* src = im.data + static_cast<size_t>(y) * stride;
+                if (im.bgr)
+                    rgb_from_bgr(dst, src, static_cast<size_t>(w));  // converted while packing
+                else
+                    std::memcpy(dst, src, row);
+            }
+        }
+        std::memset(packed.data() + count * plane, 0, (batch - count) * plane);  // blank fill images
+        feed.data = packed.data();
+    }
+    Outputs out = session_->run({feed});
+    const OutputTensor& num = out.at("num_detections");
+    const OutputTensor& boxes = out.at("boxes");
+    const OutputTensor& scores = out.at("scores");
+    const OutputTensor& labels = out.at("labels");
+    const int64_t capacity = scores.shape.size() == 2 ? scores.shape[1] : 0;
+    bool shapes_ok = num.shape == std::vector<int64_t>{int64_t(batch)} &&
+                     boxes.shape == std::vector<int64_t>{int64_t(batch), capacity, 4} &&
+                     labels.shape == std::vector<int64_t>{int64_t(batch), capacity} && scores.shape[0] == int64_t(batch);
+    if (!shapes_ok)
+        runtime_error(where_ + " outputs: expected num_detections [B], boxes [B, K, 4], scores [B, K], labels [B, K] for B=" +
+                      std::to_string(batch) + ", got boxes " + shape_text(boxes.shape) + ", scores " + shape_text(scores.shape));
+    std::vector<std::vector<Detection>> results(count);
+    for (size_t i = 0; i < count; ++i) {
+        const int64_t n = std::clamp<int64_t>(num.as<int32_t>()[i], 0, capacity);
+        results[i].reserve(static_cast<size_t>(n));
+        for (int64_t k = 0; k < n; ++k) {
+            const size_t at = i * static_cast<size_t>(capacity) + static_cast<size_t>(k);
+            Detection d;
+            std::memcpy(d.box, boxes.as<float>() + at * 4, sizeof(d.box));
+            d.score = scores.as<float>()[at];
+            d.label = labels.as<int32_t>()[at];
+            d.label_name = label_name(d.label);
+            results[i].push_back(std::move(d));
+        }
+    }
+    return results;
+}
+
+}  // namespace deploykit::core
