@@ -215,9 +215,10 @@ def run_dynamic_raw_parity(name, tmp_path, min_size, max_size):
         n = int(got["proposal_valid"][0].sum())
         props = got["proposals"][0][:n]
         assert n == len(ref["proposals"][0])
-        # ORT's convolutions differ from PyTorch's by ~1e-5: a proposal at a top-k cut-off or an
-        # IoU ~ 0.7 NMS decision can swap; the box head is compared on exactly our proposals
-        assert (box_iou(props, ref["proposals"][0]).max(1) >= 0.9999).mean() >= 0.9
+        # ORT's convolutions differ from PyTorch's by ~1e-5, which moves a decoded proposal by up to
+        # ~1e-2 px (IoU 0.9995 with its twin on small boxes; ResNet-50) and can swap one at a top-k
+        # cut-off or an IoU ~ 0.7 NMS decision; the box head is compared on exactly our proposals
+        assert (box_iou(props, ref["proposals"][0]).max(1) >= 0.999).mean() >= 0.9
         logits, regression = reference_box_head(model, image, props)
         assert rel_err(logits, got["class_logits"][0][:n]) <= 1e-4, (name, h, w)
         assert rel_err(regression, got["box_regression"][0][:n]) <= 1e-4, (name, h, w)
