@@ -438,7 +438,8 @@ def bench_cmd(artifact, batch, warmup, duration, iterations, threads, torch_ref,
 @main.command("parity")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--images", "images_dir", type=click.Path(), default=None,
-              help="Detector: directory of images (default: 20 held-out synthetic images).")
+              help="Detector: directory of images (default: 20 held-out synthetic images resized to photo "
+                   "sizes, 200..2000 px, aspect ratios 1:3..3:1).")
 @click.option("--label-maps", "label_maps_dir", type=click.Path(), default=None,
               help="Generator: directory of label map PNGs (default: 8 held-out demo label maps).")
 @click.option("--instances", "instances_dir", type=click.Path(), default=None,

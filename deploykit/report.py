@@ -176,6 +176,12 @@ def _summary_rows(summary: dict | None, benches: list[dict], parities: list[dict
                           + f" ({_e(det.get('latency_stat', 'best'))})")
                          if lat else "–",
                          f"{_num(det.get('speedup'), '.2f')}x" if det.get("speedup") is not None else "–"])
+            fixed = p.get("fixed_canvas")
+            if isinstance(fixed, dict):
+                rows.append([_e(det.get("model", "detector")), "fixed-canvas graph parity (demo)",
+                             _verdict(fixed.get("ok")),
+                             f"{fixed.get('matched', '–')} matched, min IoU {_num(fixed.get('min_iou'), '.6f')}, "
+                             f"max |Δscore| {_num(fixed.get('max_score_diff'), '.2e')}", "–", "–"])
         prec = summary.get("precision")
         if isinstance(prec, dict) and prec.get("checks"):
             cs = [c for c in prec["checks"] if isinstance(c, dict)]

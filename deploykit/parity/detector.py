@@ -64,3 +64,22 @@ def held_out_images(n: int, seed: int = HELD_OUT_SEED) -> list[np.ndarray]:
     from ..models.synthetic_shapes import sample_for_index
 
     return [sample_for_index(seed, i)[0] for i in range(n)]
+
+
+#: (height, width) of the held-out "photos": sides 200..2000 px, aspect ratios 1:3 .. 3:1
+PHOTO_SIZES = [(200, 600), (600, 200), (2000, 667), (667, 2000), (300, 300), (1080, 1920), (1920, 1080),
+               (480, 640), (750, 1000), (1000, 750), (800, 800), (201, 577), (1999, 1000), (333, 999),
+               (1234, 411), (256, 768), (1500, 1500), (731, 1207), (1023, 1023), (211, 383), (640, 1137),
+               (900, 300), (1111, 2000), (500, 1500)]
+
+
+def held_out_photos(n: int = len(PHOTO_SIZES), seed: int = HELD_OUT_SEED) -> list[np.ndarray]:
+    """``n`` held-out synthetic scenes resized (PIL bilinear) to :data:`PHOTO_SIZES` (cycled): the
+    sizes and aspect ratios of real photos and video frames, for dynamic-size parity."""
+    from PIL import Image
+
+    out = []
+    for i, img in enumerate(held_out_images(n, seed)):
+        h, w = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        out.append(np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)))
+    return out

@@ -120,10 +120,11 @@ def _detector_parity(artifact: Path, manifest: dict, model, images: list[tuple[s
 
 def _detector_inputs(images_dir) -> tuple[str, list[tuple[str, np.ndarray]]]:
     if images_dir is None:
-        from .detector import held_out_images
+        from .detector import held_out_photos
 
-        imgs = held_out_images(DETECTOR_DEFAULT_IMAGES)
-        return f"{len(imgs)} held-out synthetic images", [(f"held-out {i}", im) for i, im in enumerate(imgs)]
+        imgs = held_out_photos(DETECTOR_DEFAULT_IMAGES)
+        return (f"{len(imgs)} held-out synthetic images, 200..2000 px, aspect 1:3..3:1",
+                [(f"held-out {i} ({im.shape[1]}x{im.shape[0]})", im) for i, im in enumerate(imgs)])
     from ..runtime.images import load_image
 
     files = _list_dir(images_dir, "--images directory", IMAGE_SUFFIXES)

@@ -23,7 +23,7 @@ from deploykit.errors import BadInput
 from deploykit.export.detector import export_detector
 from deploykit.export.frontend import front_end, size_model
 from deploykit.models.detection_export import RAW_OUTPUT_NAMES
-from deploykit.parity.detector import held_out_images, reference_detections
+from deploykit.parity.detector import PHOTO_SIZES, held_out_images, held_out_photos, reference_detections
 from deploykit.parity.fasterrcnn import reference_box_head, reference_raw
 from deploykit.parity.metrics import box_iou, match_detections
 from deploykit.runtime import Detector
@@ -31,17 +31,8 @@ from deploykit.runtime.preprocess import torchvision_resized_size
 
 from test_detector_export import rel_err, spread_heads
 
-# (height, width): sides 200..2000 px, aspect ratios 1:3 .. 3:1 (24 images)
-PARITY_SIZES = [(200, 600), (600, 200), (2000, 667), (667, 2000), (300, 300), (1080, 1920), (1920, 1080),
-                (480, 640), (750, 1000), (1000, 750), (800, 800), (201, 577), (1999, 1000), (333, 999),
-                (1234, 411), (256, 768), (1500, 1500), (731, 1207), (1023, 1023), (211, 383), (640, 1137),
-                (900, 300), (1111, 2000), (500, 1500)]
-
-
-def varied_images(n: int = len(PARITY_SIZES)) -> list[np.ndarray]:
-    """Held-out synthetic scenes resized (PIL bilinear) to PARITY_SIZES: the shapes of real photos."""
-    base = held_out_images(n)
-    return [np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)) for img, (h, w) in zip(base, PARITY_SIZES)]
+def varied_images(n: int = len(PHOTO_SIZES)) -> list[np.ndarray]:
+    return held_out_photos(n)
 
 
 def test_size_arithmetic_equals_torchvision_float64_rule():
