@@ -239,6 +239,34 @@ def _mosaic(maps: list[Tensor]) -> tuple[Tensor, list[tuple[float, float]]]:
     return torch.cat(tiles, dim=3), offsets
 
 
+def _corner_mosaic(maps: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Level maps [B, C, h_l, w_l] of any (dynamic) size in one tensor, and each level's (x, y) offset.
+
+    Level 0, as it is, fills the bottom-right corner; the other levels, each edge-padded by one
+    row/column, are stacked in a column to its left. RoiAlign then treats a sample of a level-0
+    RoI beyond that map exactly as torchvision does (beyond the last row or column: 0; within its
+    last cell: the clamped edge), since the map's edges are the mosaic's. That matters for RoIs
+    thinner than one cell, which RoiAlign stretches to one cell: only level 0 gets those (the FPN
+    rule sends a RoI to level 1 only from sqrt(area) >= 112 px, a height >= 8 px when max_size <= 1568).
+    Inside the column the replicated row/column is what torchvision reads at a map's last pixel.
+    Returns (mosaic, left [L], top [L]) with the offsets as float32.
+    """
+    first = maps[0]
+    rest = [torch.nn.functional.pad(f, (0, 1, 0, 1), mode="replicate") for f in maps[1:]]
+    col_w = rest[0].shape[-1]
+    rest = [torch.nn.functional.pad(t, (0, col_w - t.shape[-1])) for t in rest]
+    column = torch.cat(rest, dim=2)
+    height = torch.sym_max(first.shape[-2], column.shape[-2])
+    column = torch.nn.functional.pad(column, (0, 0, 0, height - column.shape[-2]))
+    first = torch.nn.functional.pad(first, (0, 0, height - first.shape[-2], 0))
+    mosaic = torch.cat([column, first], dim=3)
+    heights = torch.stack([torch.full((), t.shape[-2], dtype=torch.float32) for t in rest])
+    tops = torch.cat([torch.full((1,), height - maps[0].shape[-2], dtype=torch.float32), torch.zeros(1),
+                      torch.cumsum(heights, 0)[:-1]])
+    lefts = torch.cat([torch.full((1,), col_w, dtype=torch.float32), torch.zeros(len(rest))])
+    return mosaic, lefts, tops
+
+
 def _replicate_border(f: Tensor, valid_h: Tensor, valid_w: Tensor) -> Tensor:
     """Copy row ``valid_h-1`` into row ``valid_h`` (and the same for columns), per image.
 
@@ -565,16 +593,10 @@ class ExportableFasterRCNN(nn.Module):
         area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
         lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + 1e-6)
         lvl = (torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min).to(torch.int64)
-        tiles = [torch.nn.functional.pad(f, (0, 1, 0, 1), mode="replicate") for f in maps]
-        width = tiles[0].shape[-1]
-        tiles = [tiles[0]] + [torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in tiles[1:]]
-        tops = torch.cumsum(torch.stack([torch.full((), t.shape[-2], dtype=torch.float32) for t in tiles]), 0)
-        tops = torch.cat([torch.zeros(1), tops[:-1]])  # [L] first row of each level's tile
-        mosaic = torch.cat(tiles, dim=2)
+        mosaic, left, top = _corner_mosaic(maps)
         scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
-        top = tops[lvl].unsqueeze(1)
-        shift = torch.cat([torch.zeros_like(top), top, torch.zeros_like(top), top], dim=1)
-        rois = torch.cat([batch_idx, flat * scale + shift], dim=1)
+        x0, y0 = left[lvl].unsqueeze(1), top[lvl].unsqueeze(1)
+        rois = torch.cat([batch_idx, flat * scale + torch.cat([x0, y0, x0, y0], dim=1)], dim=1)
         return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
                                          sampling_ratio=self.pool_sampling, aligned=False)
 
