@@ -228,8 +228,9 @@ class Detector(OwnsSession):
 
         Pixels-in graphs get the uint8 images (resized sizes are then computed by the graph;
         the returned ones are what torchvision computes, for reference); tensor-input graphs
-        get the numpy preprocessing. A fixed batch larger than ``len(images)`` is filled (a copy
-        of the last image, whose results :meth:`predict` drops).
+        get the numpy preprocessing. A fixed batch larger than ``len(images)`` is filled (blank
+        images for a tensor graph, copies of the last image for a pixels-in graph; :meth:`predict`
+        drops their results).
         """
         if names is None:
             names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
@@ -242,9 +243,10 @@ class Detector(OwnsSession):
                 pixels = np.concatenate([pixels, np.repeat(pixels[-1:], fill, axis=0)])
             return {"image": pixels}, sizes
         tensor, image_sizes, sizes = preprocess_batch(rgb, self.preprocessing, names)
-        if fill > 0:
-            tensor = np.concatenate([tensor, np.repeat(tensor[-1:], fill, axis=0)])
-            image_sizes = np.concatenate([image_sizes, np.repeat(image_sizes[-1:], fill, axis=0)])
+        if fill > 0:  # blank images filling the whole tensor
+            height, width = tensor.shape[2:]
+            tensor = np.concatenate([tensor, np.zeros((fill, 3, height, width), np.float32)])
+            image_sizes = np.concatenate([image_sizes, np.tile(np.float32([height, width]), (fill, 1))])
         return {"images": tensor, "image_sizes": image_sizes}, sizes
 
     # -- pipeline ---------------------------------------------------------

@@ -96,10 +96,14 @@ def test_profile_shapes_bad_range(batch):
 
 def test_profile_shapes_refuses_other_symbolic_dims():
     m = manifest_for()
-    m["inputs"][0]["shape"] = ["batch", 3, "height", 96]
+    m["inputs"][0]["shape"] = ["batch", 3, "rows", 96]
     with pytest.raises(BadInput) as info:
         profile_shapes(m)
-    one_line(str(info.value), "'images' dim 2", "'height'")
+    one_line(str(info.value), "'images' dim 2", "'rows'")
+    m["inputs"][0]["shape"] = ["batch", 3, "height", 96]  # an image dimension needs its range
+    with pytest.raises(BadInput) as info:
+        profile_shapes(m)
+    one_line(str(info.value), "'images' dim 2 (height)", "preprocessing.image_size_range")
 
 
 def test_buffer_nbytes():
