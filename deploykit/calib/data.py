@@ -9,9 +9,12 @@ is what the manifest records about them::
      "samples": N, "seed": 0, "files": files seen (0 for synthetic)}
 
 Detectors (``kind: "detector"``)
-    ``images`` float32 [N, 3, H, W] and ``image_sizes`` float32 [N, 2], made by
-    the runtime's own :func:`~deploykit.runtime.preprocess.preprocess_batch`, so
-    calibration sees exactly what inference sees. ``source``: a folder of images
+    fixed-canvas tensor graphs: ``images`` float32 [N, 3, H, W] and ``image_sizes``
+    float32 [N, 2], made by the runtime's own
+    :func:`~deploykit.runtime.preprocess.preprocess_batch`, so calibration sees exactly
+    what inference sees. Graphs whose input size follows the image (pixels-in, or
+    dynamic size) get a **list** of N feeds instead, one per image at its own size
+    (``image`` uint8 [1, h, w, 3], or the dynamic tensors). ``source``: a folder of images
     (.png .jpg .jpeg .bmp .webp .tif .tiff; other files are ignored), or ``None``
     for the synthetic shapes stream ``sample_for_index(2000 + seed, i)`` — apart
     from the demo detector's training (seed 0) and held-out (seed 1000) sets.
@@ -118,8 +121,12 @@ def _folder_description(folder, picked: int, requested: int, seed: int, files: i
     return desc
 
 
-def _check_against_inputs(manifest: dict, feeds: dict[str, np.ndarray]) -> None:
+def _check_against_inputs(manifest: dict, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> None:
     """The feeds carry exactly the graph's inputs, with the recorded dtypes and per-sample shapes."""
+    if isinstance(feeds, list):  # one feed per sample (shapes vary): each is checked
+        for feed in feeds:
+            _check_against_inputs(manifest, feed)
+        return
     specs = manifest.get("inputs") or []
     names = [s.get("name") for s in specs]
     if sorted(names) != sorted(feeds):
@@ -152,6 +159,8 @@ def _detector_feeds(manifest: dict, source, samples: int, seed: int, progress: b
         picked = _pick(files, samples, seed)
         load = [(str(p), lambda p=p: _photo(p)) for p in picked]
         desc = _folder_description(source, len(picked), samples, seed, len(files))
+    if pre.in_graph or pre.dynamic:
+        return _per_sample_feeds(manifest, pre, load, progress), desc
     h, w = pre.input_size
     images = np.empty((len(load), 3, h, w), np.float32)
     sizes = np.empty((len(load), 2), np.float32)
@@ -161,6 +170,27 @@ def _detector_feeds(manifest: dict, source, samples: int, seed: int, progress: b
             images[i], sizes[i] = batch[0], image_sizes[0]
             advance()
     return {"images": images, "image_sizes": sizes}, desc
+
+
+def _per_sample_feeds(manifest: dict, pre, load, progress: bool) -> list[dict[str, np.ndarray]]:
+    """One feed per image for graphs whose input size follows the image (pixels-in, or dynamic size):
+    the images keep their own sizes, so calibration sees the sizes inference sees. A static batch
+    B > 1 repeats the image B times."""
+    from ..runtime.preprocess import pixel_batch, preprocess_batch
+
+    first = (manifest.get("inputs") or [{}])[0].get("shape") or ["batch"]
+    repeat = first[0] if isinstance(first[0], int) else 1
+    feeds = []
+    with progress_bar(len(load), "calibration images", progress) as advance:
+        for name, get in load:
+            image = get()
+            if pre.in_graph:
+                feeds.append({"image": pixel_batch([image] * repeat, pre, [name] * repeat)})
+            else:
+                batch, image_sizes, _ = preprocess_batch([image] * repeat, pre, [name] * repeat)
+                feeds.append({"images": batch, "image_sizes": image_sizes})
+            advance()
+    return feeds
 
 
 def _photo(path: Path) -> np.ndarray:
