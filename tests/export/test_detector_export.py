@@ -129,9 +129,10 @@ def test_user_built_single_map_fasterrcnn(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size", [
+    # the fixed canvas's padding emulation on a ResNet FPN and on the single-map VGG-16 (MobileNetV3's
+    # SE means: test_mobilenet_320_raw_parity*); every architecture's network at any size:
+    # test_dynamic_detector.py::test_architecture_dynamic_raw_parity
     ("fasterrcnn_resnet50_fpn", 800),
-    ("fasterrcnn_resnet50_fpn_v2", 800),
-    ("fasterrcnn_mobilenet_v3_large_fpn", 800),
     ("fasterrcnn_vgg16", 608),
 ])
 def test_architecture_raw_parity(name, size, tmp_path):
