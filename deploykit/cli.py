@@ -201,11 +201,16 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
 @click.option("--ort-lowering", is_flag=True,
               help="INT8: add exact output Q/DQ pairs after Convs/Gemms (same scale as the next quantizer) so "
                    "ONNX Runtime's CPU kernels run integer convolutions (QLinearConv); see docs/ort_int8.md.")
+@click.option("--ort-cpu", type=click.Choice(["auto", "x86-vnni", "x86"]), default="auto", show_default=True,
+              help="With --ort-lowering: the CPUs the graph is for. x86-vnni: int8 weights (ORT's U8S8 kernels, "
+                   "exact only with AVX-512 VNNI, AVX-VNNI or AMX; fastest). x86: weights stored as uint8 + 128 "
+                   "(U8U8 kernels, exact on every x86 CPU; ONNX Runtime only, TensorRT needs int8 weights). "
+                   "auto: x86-vnni on a VNNI CPU, else x86.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @_fail_cleanly
 def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, eval_data, eval_samples,
-                 calibration_cache, low_memory, ort_lowering, threads, quiet):
+                 calibration_cache, low_memory, ort_lowering, ort_cpu, threads, quiet):
     """Write SOURCE (an FP32 .onnx from `deploykit export`) in FP16 or INT8 for TensorRT 11.
 
     \b
@@ -228,7 +233,7 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
     manifest = quantize_artifact(source, out, precision, calib=calib, samples=samples, seed=seed, method=method,
                                  budget=budget, eval_data=eval_data, eval_samples=eval_samples,
                                  calibration_cache=calibration_cache, threads=threads, low_memory=low_memory,
-                                 ort_lowering=ort_lowering,
+                                 ort_lowering=ort_lowering, ort_cpu=ort_cpu,
                                  progress=not quiet,
                                  log=progress)
     p = manifest["precision"]
