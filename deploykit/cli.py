@@ -195,9 +195,8 @@ def export_cmd(model, out, checkpoint, input_size, batch, dynamic_batch, max_det
 @click.option("--calibration-cache", type=click.Path(dir_okay=False), default=None,
               help="INT8: also write a TensorRT <= 10 calibration cache (text) from the calibrated scales.")
 @click.option("--low-memory", is_flag=True,
-              help="INT8: calibrate node by node (ModelOpt calibrate_per_node). Memory stays flat instead of "
-                   "growing with every activation of every sample (resnet50_fpn 800x800: 2.55 GB a sample), but it "
-                   "is very slow (one ONNX Runtime session per node per sample).")
+              help="Deprecated, ignored: INT8 calibration already holds one sample's tensors at a time, so its "
+                   "memory does not grow with --samples (docs/precision.md).")
 @click.option("--ort-lowering", is_flag=True,
               help="INT8: add exact output Q/DQ pairs after Convs/Gemms (same scale as the next quantizer) so "
                    "ONNX Runtime's CPU kernels run integer convolutions (QLinearConv); see docs/ort_int8.md.")
@@ -229,10 +228,13 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
 
     if samples < 1:
         raise BadInput(expected_got("--samples", "an integer >= 1", str(samples)))
+    if low_memory:
+        click.echo("warning: --low-memory is deprecated and ignored: INT8 calibration memory does not grow with "
+                   "the sample count", err=True)
     progress = _Progress(quiet)
     manifest = quantize_artifact(source, out, precision, calib=calib, samples=samples, seed=seed, method=method,
                                  budget=budget, eval_data=eval_data, eval_samples=eval_samples,
-                                 calibration_cache=calibration_cache, threads=threads, low_memory=low_memory,
+                                 calibration_cache=calibration_cache, threads=threads,
                                  ort_lowering=ort_lowering, ort_cpu=ort_cpu,
                                  progress=not quiet,
                                  log=progress)

@@ -65,7 +65,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                       method: str = "entropy", budget: str | None = None,
                       eval_data: str | os.PathLike | None = None, eval_samples: int | None = None,
                       calibration_cache: str | os.PathLike | None = None, threads: int | None = None,
-                      low_memory: bool = False, ort_lowering: bool = False, ort_cpu: str = "auto",
+                      ort_lowering: bool = False, ort_cpu: str = "auto",
                       progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Convert the FP32 artifact ``source`` to ``precision`` and write ``out`` (+ manifest).
 
@@ -97,8 +97,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
         tmpdir = Path(tmp)
         staged = tmpdir / out.name
         say(f"converting to {precision}")
-        new = convert(source, staged, precision, feeds=feeds, calibration=description, method=method,
-                      low_memory=low_memory, log=say)
+        new = convert(source, staged, precision, feeds=feeds, calibration=description, method=method, log=say)
         if parsed is not None:
             say(f"checking accuracy budget {parsed} ({parsed.describe()})")
             scratch = tmpdir / "candidates"

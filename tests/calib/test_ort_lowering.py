@@ -218,7 +218,7 @@ def _saturating_conv_model(cin: int = 16, cout: int = 8, hw: int = 10):
     Activations 60..127 (uint8 188..255 once ONNX Runtime shifts them) times same-sign
     weights make every adjacent pair of products exceed int16 (2 * 188 * 64 > 32767): the
     U8S8 kernels of CPUs without VNNI saturate on it (their output is off by up to 15
-    LSB: ``scripts/bench_int8.py --emulate-cpu`` runs them under QEMU).
+    LSB: ``scripts/int8_cpu_check.py --emulate Haswell-v4`` runs them under QEMU).
     """
     rng = np.random.default_rng(0)
     sx, sy = 2.0 ** -4, 2.0 ** 3
