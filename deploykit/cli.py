@@ -226,17 +226,21 @@ def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range,
 @click.option("--calibration-cache", type=click.Path(dir_okay=False), default=None,
               help="INT8: also write a TensorRT <= 10 calibration cache (text) from the calibrated scales.")
 @click.option("--low-memory", is_flag=True,
-              help="INT8: calibrate node by node (ModelOpt calibrate_per_node). Memory stays flat instead of "
-                   "growing with every activation of every sample (resnet50_fpn 800x800: 2.55 GB a sample), but it "
-                   "is very slow (one ONNX Runtime session per node per sample).")
+              help="Deprecated, ignored: INT8 calibration already holds one sample's tensors at a time, so its "
+                   "memory does not grow with --samples (docs/precision.md).")
 @click.option("--ort-lowering", is_flag=True,
               help="INT8: add exact output Q/DQ pairs after Convs/Gemms (same scale as the next quantizer) so "
                    "ONNX Runtime's CPU kernels run integer convolutions (QLinearConv); see docs/ort_int8.md.")
+@click.option("--ort-cpu", type=click.Choice(["auto", "x86-vnni", "x86"]), default="auto", show_default=True,
+              help="With --ort-lowering: the CPUs the graph is for. x86-vnni: int8 weights (ORT's U8S8 kernels, "
+                   "exact only with AVX-512 VNNI, AVX-VNNI or AMX; fastest). x86: weights stored as uint8 + 128 "
+                   "(U8U8 kernels, exact on every x86 CPU; ONNX Runtime only, TensorRT needs int8 weights). "
+                   "auto: x86-vnni on a VNNI CPU, else x86.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @_fail_cleanly
 def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, eval_data, eval_samples,
-                 calibration_cache, low_memory, ort_lowering, threads, quiet):
+                 calibration_cache, low_memory, ort_lowering, ort_cpu, threads, quiet):
     """Write SOURCE (an FP32 .onnx from `deploykit export`) in FP16 or INT8 for TensorRT 11.
 
     \b
@@ -255,11 +259,14 @@ def quantize_cmd(source, out, precision, calib, samples, seed, method, budget, e
 
     if samples < 1:
         raise BadInput(expected_got("--samples", "an integer >= 1", str(samples)))
+    if low_memory:
+        click.echo("warning: --low-memory is deprecated and ignored: INT8 calibration memory does not grow with "
+                   "the sample count", err=True)
     progress = _Progress(quiet)
     manifest = quantize_artifact(source, out, precision, calib=calib, samples=samples, seed=seed, method=method,
                                  budget=budget, eval_data=eval_data, eval_samples=eval_samples,
-                                 calibration_cache=calibration_cache, threads=threads, low_memory=low_memory,
-                                 ort_lowering=ort_lowering,
+                                 calibration_cache=calibration_cache, threads=threads,
+                                 ort_lowering=ort_lowering, ort_cpu=ort_cpu,
                                  progress=not quiet,
                                  log=progress)
     p = manifest["precision"]

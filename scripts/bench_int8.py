@@ -3,8 +3,11 @@
 
 For each model: export FP32 (or take ``--fp32 NAME=PATH``), quantize with NVIDIA ModelOpt ONNX
 PTQ (int8, entropy calibration, Q/DQ on Conv/Gemm inputs, ``bbox_pred`` kept FP32), then
-apply :func:`deploykit.calib.ort_lowering.add_output_qdq` (Q/DQ after Conv/Gemm whose output
-reaches a same-scale quantizer only through Relu / 0-1 mask Mul / MaxPool / nearest Resize).
+apply :func:`deploykit.calib.ort_lowering.lower_for_ort` (Q/DQ after Conv/Gemm whose output
+reaches a same-scale quantizer only through Relu / 0-1 mask Mul / MaxPool / nearest Resize)
+for both CPU targets: ``int8_lowered`` (``x86-vnni``: int8 weights, ORT's U8S8 kernels, exact
+only on VNNI/AMX CPUs) and ``int8_lowered_u8u8`` (``x86``: uint8 weights, U8U8 kernels, exact on
+every x86 CPU). Say which CPU the numbers come from: ``lscpu``, ``uptime``.
 
 All three variants run in ONE process, in interleaved blocks (A B C A B C ...), on
 ``--threads`` intra-op threads; the table gives medians and FP32/variant ratios. Also:
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -41,7 +45,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploykit.calib.ort_lowering import add_output_qdq  # noqa: E402
+from deploykit.calib.ort_lowering import lower_for_ort  # noqa: E402
+from deploykit.runtime.cpu import cpu_class  # noqa: E402
 
 MODELS = {
     # key: (deploykit model name, canvas, default calibration samples)
@@ -147,8 +152,9 @@ def residual_adds(model: onnx.ModelProto) -> list[str]:
             and consumers[n.output[0]] and all(c.op_type == "Relu" for c in consumers[n.output[0]])]
 
 
-def lower(int8: Path, out: Path) -> int:
-    model, count = add_output_qdq(onnx.load(str(int8)))
+def lower(int8: Path, out: Path, target: str = "x86-vnni") -> int:
+    model, record = lower_for_ort(onnx.load(str(int8)), target)
+    count = record["output_qdq_pairs"]
     onnx.save(model, str(out))
     return count
 
@@ -273,9 +279,11 @@ def run_model(key: str, args, workdir: Path) -> dict:
     int8 = quantize_modelopt(fp32, workdir / f"{key}_int8.onnx", calib)
     lowered = workdir / f"{key}_int8_lowered.onnx"
     pairs = lower(int8, lowered)
+    lowered_u8 = workdir / f"{key}_int8_lowered_u8u8.onnx"
+    lower(int8, lowered_u8, "x86")
     paths = {"fp32": fp32, "int8": int8}
     if pairs:  # else the lowered graph is the ModelOpt one: nothing to compare
-        paths["int8_lowered"] = lowered
+        paths.update({"int8_lowered": lowered, "int8_lowered_u8u8": lowered_u8})
     if args.residual_add and residual_adds(onnx.load(str(fp32), load_external_data=False)):
         # ModelOpt's own Q/DQ on residual Add inputs (calibrated scales), then the same exact lowering:
         # conv3 -> Q (fused QLinearConv) and DQ,DQ -> Add -> Q (QLinearAdd). Not exact vs "int8".
@@ -297,6 +305,7 @@ def run_model(key: str, args, workdir: Path) -> dict:
                                                      "QuantizeLinear", "DequantizeLinear") if ops[op]}
     heldout = feeds(key, manifest, args.exact_n, "heldout")
     res["exactness"] = exactness(int8, lowered, heldout, args.threads) if pairs else {}
+    res["exactness_u8u8"] = exactness(int8, lowered_u8, heldout, args.threads) if pairs else {}
     if "int8res" in paths:
         res["inserted_qdq_pairs_res"] = pairs_r
         res["exactness_res"] = exactness(paths["int8res"], paths["int8res_lowered"], heldout, args.threads)
@@ -327,7 +336,8 @@ def print_result(r: dict) -> None:
     for k in r["median_ms"]:
         kern = ", ".join(f"{op} {n}" for op, n in r["kernels"][k].items())
         print(f"  {k:<14}{r['median_ms'][k]:>10.1f}{r['speedup_vs_fp32'][k]:>8.2f}   {kern}")
-    for name, ex in (("int8 vs int8_lowered", r["exactness"]), ("int8res vs int8res_lowered", r.get("exactness_res"))):
+    for name, ex in (("int8 vs int8_lowered", r["exactness"]), ("int8 vs int8_lowered_u8u8", r.get("exactness_u8u8")),
+                     ("int8res vs int8res_lowered", r.get("exactness_res"))):
         for label, e in (ex or {}).items():
             print(f"  {name} ({label}): {e['identical']}/{e['n']} inputs bit-identical, "
                   f"max abs diff {e['max_abs_diff']:.4g}")
@@ -364,7 +374,8 @@ def main() -> None:
     for k in keys:
         if k not in MODELS:
             ap.error(f"--models: unknown {k!r} (choose from {', '.join(MODELS)})")
-    print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads")
+    print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads, CPU class {cpu_class()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)

@@ -50,18 +50,18 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _convert(fp32, out, precision, samples, low_memory, row):
+def _convert(fp32, out, precision, samples, row):
     """quantize_artifact(fp32 -> out), recording time and node count in ``row``; returns ``out``."""
     from deploykit.calib.pipeline import quantize_artifact
 
     t = time.perf_counter()
-    m = quantize_artifact(fp32, out, precision, samples=samples, progress=False, low_memory=low_memory)
+    m = quantize_artifact(fp32, out, precision, samples=samples, progress=False)
     row[f"{precision}_convert_s"] = round(time.perf_counter() - t, 1)
     row[f"{precision}_low_precision_nodes"] = m["precision"]["low_precision_nodes"]
     return out
 
 
-def detector(name, work, samples, threads, low_memory=False):
+def detector(name, work, samples, threads):
     from deploykit import models
     from deploykit.calib.data import calibration_feeds
     from deploykit.export.detector import export_detector, model_info
@@ -82,7 +82,7 @@ def detector(name, work, samples, threads, low_memory=False):
     ref_out = [ref.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(4)]
     row = {"model": name, "canvas": f"{size[0]}x{size[1]}", "weights": "random, BN calibrated"}
     for precision in ("fp16", "int8"):
-        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, low_memory, row),
+        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, row),
                      threads)
         stats = {"rpn_objectness_rel": [], "rpn_proposals_rel": [], "same_proposals": []}
         for i in range(4):
@@ -102,7 +102,7 @@ def detector(name, work, samples, threads, low_memory=False):
     return row
 
 
-def generator(name, work, samples, threads, low_memory=False):
+def generator(name, work, samples, threads):
     from deploykit.calib.data import calibration_feeds
     from deploykit.evaluate import psnr, ssim
     from deploykit.export.spade import export_spade
@@ -117,7 +117,7 @@ def generator(name, work, samples, threads, low_memory=False):
            "weights": "random, calibrated"}
     unit = lambda x: (np.asarray(x, np.float64) + 1) / 2  # noqa: E731
     for precision in ("fp16", "int8"):
-        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, low_memory, row),
+        s = _session(_convert(fp32, work / f"{name}_{precision}.onnx", precision, samples, row),
                      threads)
         ps, ss = [], []
         for i in range(4):
@@ -136,7 +136,6 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=8, help="calibration samples")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--low-memory", action="store_true", help="INT8 calibration node by node")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -145,7 +144,7 @@ def main(argv=None):
             t = time.perf_counter()
             fn = detector if name in DETECTORS else generator
             try:
-                row = fn(name, Path(tmp), args.samples, args.threads, args.low_memory)
+                row = fn(name, Path(tmp), args.samples, args.threads)
             except Exception as e:  # keep going: report what failed
                 row = {"model": name, "error": f"{type(e).__name__}: {e}"}
             row["seconds"] = round(time.perf_counter() - t, 1)

@@ -21,6 +21,19 @@ change any quantized value downstream, so the graph's outputs are bit-identical 
 runtime rounds ``DQ(Q(x))/s``, exact for the int8 range). TensorRT sees an ordinary
 Q/DQ pair with a calibrated scale (the downstream one) on the Conv output.
 
+Which integer kernels then run depends on the CPU (:mod:`deploykit.runtime.cpu`): with
+ModelOpt's int8 weights ONNX Runtime's x86 U8S8 kernels are exact only with VNNI/AMX;
+without VNNI they add pairs of products in a saturating int16. :func:`lower_for_ort`
+therefore makes the lowering for a CPU target (:data:`TARGETS`):
+
+* ``x86-vnni`` -> ``u8s8``: int8 weights as ModelOpt wrote them (TensorRT can build this
+  graph too);
+* ``x86`` -> ``u8u8``: every int8 weight re-encoded as ``uint8 = int8 + 128`` with zero
+  point 128 (:func:`uint8_weights`: ``(w + 128) - 128 == w``, so every dequantized value is
+  bit-identical); ONNX Runtime then picks its U8U8 kernels, which widen to int16 before
+  multiplying: exact on every x86 CPU. TensorRT does not take uint8 weights: such a graph is
+  for ONNX Runtime on the CPU only.
+
 Pure ``onnx``; no ModelOpt import.
 """
 
@@ -31,6 +44,19 @@ from collections import defaultdict
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import BadInput, expected_got
+from ..runtime import cpu
+
+__all__ = ["add_output_qdq", "uint8_weights", "lower_for_ort", "target_for", "TARGETS"]
+
+#: Lowering targets: CPU target -> (lowering, what it holds). Which CPU classes each target
+#: is exact on is :data:`deploykit.runtime.cpu.TARGET_CLASSES`.
+TARGETS = {
+    "x86-vnni": ("u8s8", "int8 weights (ONNX Runtime's U8S8 kernels: exact with AVX-512 VNNI, AVX-VNNI or AMX)"),
+    "x86": ("u8u8", "uint8 weights, zero point 128 (ONNX Runtime's U8U8 kernels: exact on every x86 CPU; "
+                    "not for TensorRT)"),
+}
 
 #: Ops through which the output quantizer commutes exactly (zero point 0).
 _PASS_THROUGH = {"Relu", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
@@ -271,3 +297,94 @@ def add_output_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         g.initializer.extend(new_inits)
     return out, count
 
+
+
+def uint8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Return a copy of ``model`` with every int8 weight (zero point 0) re-encoded as uint8 with
+    zero point 128, and the number of weights re-encoded.
+
+    Two forms of weights are handled: a ``QuantizeLinear -> DequantizeLinear`` pair on a float
+    initializer (what ModelOpt writes with ``high_precision_dtype='fp32'``; ONNX Runtime folds the
+    Q into a constant) gets a uint8 zero point 128 on both nodes -- ``saturate(round(w / s) + 128)``
+    over [0, 255] is the int8 value plus 128 -- and an int8 initializer read by a
+    ``DequantizeLinear`` is stored as ``int8 + 128``. ``DequantizeLinear`` computes
+    ``(q - zero_point) * scale`` with the subtraction in integers, so every dequantized value is
+    bit-identical; what changes is the kernel ONNX Runtime fuses (U8U8 instead of U8S8).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    twins: dict[str, str] = {}  # original initializer -> its uint8 twin
+    new: list[onnx.TensorProto] = []
+
+    def twin(name: str, values: np.ndarray) -> str:
+        if name not in twins:
+            twins[name] = f"{name}_u8"
+            new.append(numpy_helper.from_array(values, twins[name]))
+        return twins[name]
+
+    def int8_zero(node: onnx.NodeProto) -> np.ndarray | None:
+        """The node's zero point if it is an int8 initializer of zeros, else None."""
+        name = node.input[2] if len(node.input) > 2 else ""
+        zp = inits.get(name)
+        if zp is None or zp.data_type != TensorProto.INT8:
+            return None
+        values = numpy_helper.to_array(zp)
+        return values if not np.any(values) else None
+
+    count = 0
+    for dq in g.node:
+        if dq.op_type != "DequantizeLinear" or (zp := int8_zero(dq)) is None:
+            continue
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits and int8_zero(q) is not None:
+            # a weight quantized in the graph: shift the zero point of the pair
+            q.input[2] = twin(q.input[2], np.full(int8_zero(q).shape, 128, np.uint8))
+        elif dq.input[0] in inits and inits[dq.input[0]].data_type == TensorProto.INT8:
+            w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int16) + 128  # a stored int8 weight
+            dq.input[0] = twin(dq.input[0], w.astype(np.uint8))
+        else:
+            continue  # an activation
+        dq.input[2] = twin(dq.input[2], np.full(zp.shape, 128, np.uint8))
+        count += 1
+    if count:
+        g.initializer.extend(new)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        live = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(live)
+    return out, count
+
+
+def target_for(cpu_class: str) -> str:
+    """The lowering target for a machine of ``cpu_class`` (:func:`deploykit.runtime.cpu.cpu_class`).
+
+    VNNI x86 CPUs get the faster U8S8 lowering; every other x86 CPU (and one whose flags cannot
+    be read) the U8U8 one, exact everywhere on x86. Other architectures are refused: the
+    lowering's exactness is established for ONNX Runtime's x86 kernels only.
+    """
+    if cpu_class == cpu.X86_VNNI:
+        return "x86-vnni"
+    if cpu_class in (cpu.X86_NO_VNNI, cpu.UNKNOWN):
+        return "x86"
+    raise BadInput(expected_got(
+        "--ort-lowering CPU", "an x86 CPU (exactness is established for ONNX Runtime's x86 integer kernels)",
+        f"{cpu_class}: use the ModelOpt INT8 graph without --ort-lowering, or pass --ort-cpu x86 to make "
+        "the lowering for x86 machines"))
+
+
+def lower_for_ort(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict]:
+    """The ONNX Runtime lowering of ModelOpt INT8 ``model`` for CPU ``target`` (a key of
+    :data:`TARGETS`) and its manifest record ``{"lowering", "cpu_class", "output_qdq_pairs",
+    "uint8_weights"}``."""
+    if target not in TARGETS:
+        raise BadInput(expected_got("ORT lowering target", " | ".join(TARGETS), repr(target)))
+    lowering, holds = TARGETS[target]
+    lowered, pairs = add_output_qdq(model)
+    reencoded = 0
+    if lowering == "u8u8":
+        lowered, reencoded = uint8_weights(lowered)
+    return lowered, {"lowering": lowering, "cpu_class": target, "holds": holds, "output_qdq_pairs": pairs,
+                     "uint8_weights": reencoded}

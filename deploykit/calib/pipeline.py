@@ -66,12 +66,15 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                       method: str = "entropy", budget: str | None = None,
                       eval_data: str | os.PathLike | None = None, eval_samples: int | None = None,
                       calibration_cache: str | os.PathLike | None = None, threads: int | None = None,
-                      low_memory: bool = False, ort_lowering: bool = False, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      ort_lowering: bool = False, ort_cpu: str = "auto",
+                      progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Convert the FP32 artifact ``source`` to ``precision`` and write ``out`` (+ manifest).
 
     With ``budget`` (e.g. ``"map-drop=0.5"``), the result is evaluated against
     the PyTorch reference and, if it misses, the most sensitive INT8 layers are
     moved back to FP32 until it holds (:func:`deploykit.calib.budget.meet_budget`).
+    ``ort_lowering`` adds the ONNX Runtime CPU lowering for ``ort_cpu`` (``auto``: this
+    machine's class; ``x86-vnni`` or ``x86``, see :mod:`deploykit.calib.ort_lowering`).
     Returns the manifest written.
     """
     from .data import calibration_feeds
@@ -84,6 +87,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
         raise BadInput(expected_got("--accuracy-budget", "an fp16 or int8 --precision", "fp32"))
     if ort_lowering and precision != "int8":
         raise BadInput(expected_got("--ort-lowering", "--precision int8", precision))
+    target = _ort_target(ort_cpu, parsed) if ort_lowering else None
     if calibration_cache and precision != "int8":
         raise BadInput(expected_got("--calibration-cache", "--precision int8", precision))
     feeds, description = None, None
@@ -94,8 +98,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
         tmpdir = Path(tmp)
         staged = tmpdir / out.name
         say(f"converting to {precision}")
-        new = convert(source, staged, precision, feeds=feeds, calibration=description, method=method,
-                      low_memory=low_memory, log=say)
+        new = convert(source, staged, precision, feeds=feeds, calibration=description, method=method, log=say)
         if parsed is not None:
             say(f"checking accuracy budget {parsed} ({parsed.describe()})")
             scratch = tmpdir / "candidates"
@@ -124,8 +127,8 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
                 new["precision"]["kept_high_precision"] = sorted(set(new["precision"]["kept_high_precision"]) | moved)
                 new["precision"]["low_precision_nodes"] -= len(moved)
             write_manifest(staged, new)
-        if ort_lowering:
-            _lower_for_ort(staged, parsed, evaluate if parsed is not None else None, say)
+        if target is not None:
+            _lower_for_ort(staged, target, parsed, evaluate if parsed is not None else None, say)
         if calibration_cache:
             from .cache import write_calibration_cache
 
@@ -136,21 +139,42 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
     return read_manifest(out)
 
 
-def _lower_for_ort(staged: Path, budget: Budget | None, evaluate: Callable[[Any], float] | None,
+def _ort_target(ort_cpu: str, budget: Budget | None) -> str:
+    """The lowering target for ``--ort-cpu`` (refused before any work when it cannot be honoured)."""
+    from ..runtime import cpu
+    from .ort_lowering import TARGETS, target_for
+
+    here = cpu.cpu_class()
+    if ort_cpu == "auto":
+        return target_for(here)
+    if ort_cpu not in TARGETS:
+        raise BadInput(expected_got("--ort-cpu", "auto | " + " | ".join(TARGETS), repr(ort_cpu)))
+    if budget is not None and here not in cpu.TARGET_CLASSES[ort_cpu]:
+        raise BadInput(expected_got(f"--ort-cpu {ort_cpu} with --accuracy-budget",
+                                    f"a machine where that lowering is exact ({', '.join(sorted(cpu.TARGET_CLASSES[ort_cpu]))})"
+                                    " to check the budget on", f"this {here} CPU"))
+    return ort_cpu
+
+
+def _lower_for_ort(staged: Path, target: str, budget: Budget | None, evaluate: Callable[[Any], float] | None,
                    say: Callable[[str], None]) -> None:
-    """Add the exact output Q/DQ pairs that let ONNX Runtime's CPU kernels run INT8 convolutions.
+    """Add the exact output Q/DQ pairs that let ONNX Runtime's CPU kernels run INT8 convolutions,
+    with the weight encoding whose integer kernels are exact on ``target`` CPUs.
 
     The rewrite is exact under reference arithmetic, but ORT's fused integer
     kernels round requantization differently from float Conv + Q, so with a
     budget the lowered graph is evaluated again and must still meet it.
     """
-    from .ort_lowering import add_output_qdq
+    from ..runtime import cpu
+    from .ort_lowering import lower_for_ort
 
     manifest = json.loads(staged.with_suffix(".json").read_text())
-    lowered, count = add_output_qdq(onnx.load(str(staged)))
-    say(f"ONNX Runtime lowering: {count} output Q/DQ pair(s) added")
-    record: dict[str, Any] = {"output_qdq_pairs": count}
-    if budget is not None and evaluate is not None and count:
+    lowered, record = lower_for_ort(onnx.load(str(staged)), target)
+    record["made_on"] = cpu.cpu_class()
+    say(f"ONNX Runtime lowering for {target} CPUs ({record['lowering']}): {record['output_qdq_pairs']} output "
+        f"Q/DQ pair(s) added" + (f", {record['uint8_weights']} weights stored as uint8" if record["uint8_weights"]
+                                 else ""))
+    if budget is not None and evaluate is not None and record["output_qdq_pairs"]:
         value = float(evaluate(lowered))
         record["budget_value"] = value
         if not budget.met(value):

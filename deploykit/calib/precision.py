@@ -213,10 +213,12 @@ def _fp16_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
-    """Bytes of every float tensor of one sample: what ModelOpt's INT8 calibration keeps per sample.
+    """Bytes of every float tensor of one sample: what AutoCast's FP16 range check keeps per sample.
 
-    (It collects each intermediate float tensor of each calibration sample in
-    memory before computing ranges; resnet50_fpn at 800x800: 2.55 GB a sample.)
+    (Its reference run marks every tensor as an output and keeps every sample's
+    results until it aggregates them; resnet50_fpn at 800x800: 2.55 GB a sample.
+    ModelOpt's INT8 calibration does not: it folds each sample into the ranges and
+    histograms before running the next, so its memory does not grow with the sample count.)
     """
     inferred = onnx.shape_inference.infer_shapes(model)
     sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
@@ -242,22 +244,6 @@ def available_memory() -> int | None:
     except OSError:
         return None
     return None
-
-
-def check_calibration_memory(model: onnx.ModelProto, samples: int, where: str) -> None:
-    """Refuse (one line, exit 2) a calibration that would exhaust memory, instead of being OOM-killed."""
-    per_sample = activation_bytes_per_sample(model)
-    free = available_memory()
-    if free is None or per_sample <= 0:
-        return
-    need = per_sample * samples
-    if need > 0.8 * free:
-        fits = max(1, int(0.8 * free // per_sample))
-        raise BadInput(expected_got(
-            f"INT8 calibration of {where}",
-            f"at most ~{fits} samples in this machine's {free / 1e9:.1f} GB available memory (ModelOpt keeps "
-            f"every activation: {per_sample / 1e9:.2f} GB a sample), or --low-memory (node by node, much slower)",
-            f"{samples} samples (~{need / 1e9:.0f} GB)"))
 
 
 def _fit_range_check(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None,
@@ -338,7 +324,14 @@ def restore_dropped_casts(source: onnx.ModelProto, result: onnx.ModelProto) -> o
 
 
 def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feeds: dict[str, np.ndarray],
-                  method: str, model: onnx.ModelProto, low_memory: bool = False) -> onnx.ModelProto:
+                  method: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    """ModelOpt INT8 PTQ of ``source`` with the policy's nodes.
+
+    ModelOpt 0.47 patches ONNX Runtime's calibrators to run one graph batch at a time and fold
+    it into the running ranges (max) or histograms (entropy) before the next, so memory is one
+    sample's calibrated tensors whatever the sample count (``docs/precision.md``, measured by
+    ``scripts/calib_memory.py`` and pinned by ``tests/calib/test_precision.py``).
+    """
     work = _save_input_copy(source, tmpdir)
     out = tmpdir / "int8.onnx"
     eligible = set(policy.low_precision)
@@ -350,7 +343,7 @@ def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feed
         str(work), quantize_mode="int8", calibration_data=feeds, calibration_method=method,
         calibration_eps=["cpu"], high_precision_dtype="fp32", op_types_to_quantize=list(QUANTIZABLE_OPS),
         nodes_to_quantize=_anchored(targets), nodes_to_exclude=_anchored(excluded), output_path=str(out),
-        log_level="ERROR", calibrate_per_node=low_memory)
+        log_level="ERROR")
     result = onnx.load(str(out))
     # ModelOpt puts one Q/DQ pair on a tensor and lets every consumer read it,
     # so a kept node sharing an input with a quantized one (the RPN's box-delta
@@ -361,7 +354,7 @@ def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feed
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *,
             feeds: dict[str, np.ndarray] | None = None, calibration: dict[str, Any] | None = None,
-            method: str = "entropy", data_max: float = 512.0, low_memory: bool = False, verbose: bool = False,
+            method: str = "entropy", data_max: float = 512.0, verbose: bool = False,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write ``out``: the FP32 deploykit graph ``source`` in ``precision``, with its manifest.
 
@@ -375,10 +368,6 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
         calibration: description of the feeds for the manifest
             (source, samples, seed).
         method: INT8 activation calibration, ``entropy`` or ``max``.
-        low_memory: INT8: calibrate node by node (ModelOpt ``calibrate_per_node``):
-            slower, but memory no longer grows with every activation of every
-            sample (resnet50_fpn at 800x800 needs ~20 GB with 8 samples otherwise).
-
     Returns the manifest written.
     """
     source, out = Path(source), Path(out)
@@ -425,11 +414,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                     low = _fp16_nodes(result)
                 else:
                     n_samples = len(next(iter(feeds.values())))
-                    if not low_memory:
-                        check_calibration_memory(model, n_samples, str(source))
                     say(f"INT8 PTQ, {method} calibration on {n_samples} samples")
-                    result = _run_quantize(quantization, source, tmpdir, policy, feeds, method, model,
-                                           low_memory=low_memory)
+                    result = _run_quantize(quantization, source, tmpdir, policy, feeds, method, model)
                     low = quantized_nodes(result)
         _finish(result, manifest)
         with atomic_path(out) as tmp_out:
@@ -448,7 +434,6 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
     }
     if precision == "int8":
         record["calibration"] = {"method": method, **(calibration or {})}
-        record["calibration"]["per_node"] = bool(low_memory)
     elif precision == "fp16":
         record["keep_io_types"] = True
         record["data_max"] = data_max

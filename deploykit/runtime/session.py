@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -243,6 +244,7 @@ class OnnxRuntimeSession(Session):
         except BadInput as e:
             raise BadInput(f"ONNX model {path}: {e}") from None
         super().__init__(path, inputs, outputs, manifest)
+        _warn_cpu_mismatch(path, manifest)
         self._sess = sess
         self._output_names = [s.name for s in outputs]
         self._lock = threading.Lock()
@@ -263,6 +265,20 @@ class OnnxRuntimeSession(Session):
         with self._lock:
             super().close()
             self._sess = None
+
+
+_WARNED_CPU_MISMATCH: set[str] = set()
+
+
+def _warn_cpu_mismatch(path: Path, manifest: dict[str, Any] | None) -> None:
+    """Warn once per artifact when its INT8 ORT lowering was made for another CPU class."""
+    from .cpu import lowering_mismatch
+
+    message = lowering_mismatch(manifest)
+    key = str(path.resolve())
+    if message and key not in _WARNED_CPU_MISMATCH:
+        _WARNED_CPU_MISMATCH.add(key)
+        warnings.warn(f"{path.name}: {message}", RuntimeWarning, stacklevel=4)
 
 
 def _ort_spec(arg: Any, what: str) -> TensorSpec:

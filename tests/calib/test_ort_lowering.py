@@ -1,4 +1,10 @@
-"""deploykit.calib.ort_lowering.add_output_qdq: exact Q/DQ insertion after quantized Conv/Gemm."""
+"""deploykit.calib.ort_lowering: exact Q/DQ insertion after quantized Conv/Gemm, and the weight
+encoding per CPU target (U8S8 for VNNI CPUs, U8U8 for every x86 CPU).
+
+Nothing here depends on the CPU's integer instructions: fused-kernel outputs are compared
+exactly only for the U8U8 lowering (exact on every x86 CPU); the U8S8 one is checked for
+structure and under reference kernels.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploykit.calib.ort_lowering import add_output_qdq
+from deploykit.calib.ort_lowering import TARGETS, add_output_qdq, lower_for_ort, target_for, uint8_weights
+from deploykit.errors import BadInput
+from deploykit.runtime import cpu
 
 OPSET = 19
 RNG = np.random.default_rng(0)
@@ -65,6 +73,33 @@ class _Builder:
         model.ir_version = 9
         onnx.checker.check_model(model)
         return model
+
+
+def in_graph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ModelOpt's form (``high_precision_dtype='fp32'``): each stored int8 weight becomes a float
+    initializer ``q * scale`` quantized in the graph by a QuantizeLinear sharing the DQ's scale
+    and zero point (ONNX Runtime folds it back to the same int8 values)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    nodes = []
+    for node in out.graph.node:
+        w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if w is not None and w.data_type == TensorProto.INT8:
+            q = numpy_helper.to_array(w).astype(np.float32)
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            out.graph.initializer.append(numpy_helper.from_array(q * scale.reshape(shape), f"{w.name}_float"))
+            nodes.append(helper.make_node("QuantizeLinear", [f"{w.name}_float", *node.input[1:]], [f"{w.name}_q"],
+                                          axis=axis))
+            node.input[0] = f"{w.name}_q"
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
 
 
 def _image_input(c: int = 8, hw: int = 16) -> onnx.ValueInfoProto:
@@ -161,23 +196,109 @@ def test_inserted_scale_is_the_downstream_one():
         assert inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
 
 
-def test_ort_fuses_qlinearconv(tmp_path):
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_ort_fuses_qlinearconv(tmp_path, target):
     model = conv_block_model()
     before = _optimized_ops(model, tmp_path)
-    after = _optimized_ops(add_output_qdq(model)[0], tmp_path)
+    lowered, record = lower_for_ort(model, target)
     assert before["QLinearConv"] == 0
-    assert after["QLinearConv"] == 2
-    # with ORT's own integer kernels the outputs stay close (requantization rounding may differ by 1 LSB)
-    ref, low = _session(model), _session(add_output_qdq(model)[0])
-    for x in _inputs((1, 8, 16, 16), 3):
-        a, b = ref.run(None, {"x": x})[0], low.run(None, {"x": x})[0]
-        assert np.max(np.abs(a - b)) <= 0.05 * np.max(np.abs(a)) + 1e-6
+    assert _optimized_ops(lowered, tmp_path)["QLinearConv"] == 2
+    assert record["output_qdq_pairs"] == 2 and record["cpu_class"] == target
+    assert record["lowering"] == ("u8u8" if target == "x86" else "u8s8")
+    inits = {t.name: t for t in lowered.graph.initializer}
+    weights = [inits[n.input[0]] for n in lowered.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert {t.data_type for t in weights} == {TensorProto.UINT8 if target == "x86" else TensorProto.INT8}
+    assert record["uint8_weights"] == (3 if target == "x86" else 0)  # all three Convs' weights
 
 
-def test_ort_fuses_qgemm(tmp_path):
+def _saturating_conv_model(cin: int = 16, cout: int = 8, hw: int = 10):
+    """Q/DQ(x) -> Conv(DQ(w), no bias) -> Relu -> Q/DQ -> y with int8 weights of magnitude 64..127 and
+    power-of-two scales, and the exact integer model of its output for on-grid inputs.
+
+    Activations 60..127 (uint8 188..255 once ONNX Runtime shifts them) times same-sign
+    weights make every adjacent pair of products exceed int16 (2 * 188 * 64 > 32767): the
+    U8S8 kernels of CPUs without VNNI saturate on it (their output is off by up to 15
+    LSB: ``scripts/int8_cpu_check.py --emulate Haswell-v4`` runs them under QEMU).
+    """
+    rng = np.random.default_rng(0)
+    sx, sy = 2.0 ** -4, 2.0 ** 3
+    qw = (rng.integers(64, 128, (cout, cin, 3, 3)) * rng.choice([-1, 1], (cout, cin, 3, 3))).astype(np.int8)
+    sw = (2.0 ** -rng.integers(6, 9, cout)).astype(np.float32)
+    b = _Builder()
+    x = b.qdq("x", sx)
+    w = b.node("DequantizeLinear", [b.const(qw, "w"), b.const(sw, "ws"), b.const(np.zeros(cout, np.int8), "wz")],
+               axis=0)
+    y = b.qdq(b.node("Relu", [b.node("Conv", [x, w], pads=[1, 1, 1, 1], kernel_shape=[3, 3])]), sy)
+    b.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    model = b.model([_image_input(cin, hw)], [("y", [1, cout, hw, hw])])
+
+    qx = rng.integers(60, 128, (cin, hw, hw))
+    qx[:, ::3, ::2] = -rng.integers(0, 129, qx[:, ::3, ::2].shape)  # some negative ones too
+    padded = np.pad(qx, ((0, 0), (1, 1), (1, 1)))
+    acc = sum(np.einsum("oc,chw->ohw", qw[:, :, i, j].astype(np.int64), padded[:, i:i + hw, j:j + hw])
+              for i in range(3) for j in range(3))
+    scale = (np.float32(sx) * sw / np.float32(sy)).astype(np.float32)  # ONNX Runtime's requantization scale
+    yq = np.clip(np.rint(acc.astype(np.float32) * scale[:, None, None]), -128, 127)
+    assert np.abs(acc).max() > 2 ** 16 and np.abs(yq).max() < 127  # large sums, nothing clipped
+    expected = (np.maximum(yq, 0) * np.float32(sy)).astype(np.float32)[None]
+    return model, (qx * sx).astype(np.float32)[None], expected
+
+
+@pytest.mark.parametrize("form", ["stored", "in_graph"])
+def test_u8u8_fused_kernels_are_exact(form):
+    """The lowering for every x86 CPU: ONNX Runtime's fused QLinearConv equals the exact integer
+    computation bit for bit (as the Q/DQ graph under reference kernels does), on any CPU."""
+    model, x, expected = _saturating_conv_model()
+    model = in_graph_weights(model) if form == "in_graph" else model
+    lowered, record = lower_for_ort(model, "x86")
+    assert record["lowering"] == "u8u8" and record["output_qdq_pairs"] == 1 and record["uint8_weights"] == 1
+    np.testing.assert_array_equal(_session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, {"x": x})[0],
+                                  expected)
+    fused = _session(lowered)
+    np.testing.assert_array_equal(fused.run(None, {"x": x})[0], expected)
+
+
+@pytest.mark.parametrize("form", ["stored", "in_graph"])
+@pytest.mark.parametrize("build,shape", [(conv_block_model, (1, 8, 16, 16)), (gemm_model, (4, 64))])
+def test_uint8_weights_change_no_value(build, shape, form):
+    model = add_output_qdq(build())[0]
+    model = in_graph_weights(model) if form == "in_graph" else model
+    u8, count = uint8_weights(model)
+    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[2].startswith("wz")]
+    assert count == len(weight_dqs) >= 2
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits = {t.name: numpy_helper.to_array(t) for t in u8.graph.initializer}
+    old_dq = {n.name: n for n in model.graph.node}
+    for node in u8.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[2].startswith("wz"):
+            assert inits[node.input[2]].dtype == np.uint8 and np.all(inits[node.input[2]] == 128)
+            if node.op_type == "DequantizeLinear" and form == "stored":  # the int8 values plus 128
+                original = before[old_dq[node.name].input[0]]
+                np.testing.assert_array_equal(inits[node.input[0]], (original.astype(np.int16) + 128).astype(np.uint8))
+    assert not any(t.data_type == TensorProto.INT8 and len(t.dims) > 1 for t in u8.graph.initializer)
+    # activations are left alone: their zero points stay int8
+    assert sum(n.op_type == "QuantizeLinear" and inits[n.input[2]].dtype == np.int8 for n in u8.graph.node) >= 1
+    onnx.checker.check_model(u8)
+    ref = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    low = _session(u8, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    for x in _inputs(shape, 3):
+        np.testing.assert_array_equal(low.run(None, {"x": x})[0], ref.run(None, {"x": x})[0])
+
+
+def test_target_for_each_cpu_class():
+    assert target_for(cpu.X86_VNNI) == "x86-vnni"
+    assert target_for(cpu.X86_NO_VNNI) == "x86" and target_for(cpu.UNKNOWN) == "x86"
+    with pytest.raises(BadInput, match="non-x86.*without --ort-lowering.*--ort-cpu x86"):
+        target_for(cpu.NON_X86)
+    with pytest.raises(BadInput, match="ORT lowering target"):
+        lower_for_ort(gemm_model(), "arm")
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_ort_fuses_qgemm(tmp_path, target):
     model = gemm_model()
     assert _optimized_ops(model, tmp_path)["QGemm"] == 0
-    assert _optimized_ops(add_output_qdq(model)[0], tmp_path)["QGemm"] >= 1
+    assert _optimized_ops(lower_for_ort(model, target)[0], tmp_path)["QGemm"] >= 1
 
 
 def _single_conv_then(tail) -> onnx.ModelProto:

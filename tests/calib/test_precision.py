@@ -223,17 +223,62 @@ def test_restore_casts_autocast_dropped():
     assert session.run(None, {"mask": mask})[0] == 4.0
 
 
-def test_calibration_that_would_exhaust_memory_is_refused(demo_detector_onnx, detector_feeds, tmp_path,
-                                                          monkeypatch):
-    from deploykit.calib import precision
+def _tiny_detector(path, hw: int = 32):
+    """Three Conv+Relu blocks tagged as a detector backbone, with a manifest: a deploykit graph
+    that ``convert`` takes, small enough to calibrate on many samples in a second."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    per_sample = precision.activation_bytes_per_sample(onnx.load(str(demo_detector_onnx)))
-    assert 50e6 < per_sample < 200e6  # the demo: ~92 MB of float tensors a sample
-    monkeypatch.setattr(precision, "available_memory", lambda: int(per_sample * 5))
-    out = tmp_path / "x.onnx"
-    with pytest.raises(BadInput, match=r"at most ~4 samples .* got 8 samples"):
-        convert(demo_detector_onnx, out, "int8", feeds=detector_feeds)
-    assert not out.exists()
+    from deploykit.export.onnx_export import SCOPE_KEY
+    from deploykit.manifest import write_manifest
+
+    rng = np.random.default_rng(0)
+    channels, nodes, inits, x = [3, 8, 8, 8], [], [], "images"
+    for i in range(3):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (channels[i + 1], channels[i], 3, 3))
+                                             .astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    for node in nodes:
+        node.metadata_props.add(key=SCOPE_KEY, value="backbone.body")
+    shape_in, shape_out = [1, 3, hw, hw], [1, 8, hw, hw]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape_out)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    write_manifest(path, {"kind": "detector", "model": {"name": "tiny"},
+                          "inputs": [{"name": "images", "dtype": "float32", "shape": shape_in}],
+                          "outputs": [{"name": x, "dtype": "float32", "shape": shape_out}],
+                          "batch": {"dynamic": False, "min": 1, "opt": 1, "max": 1}})
+    return path
+
+
+@pytest.mark.parametrize("method", ["entropy", "max"])
+def test_int8_calibration_memory_does_not_grow_with_samples(tmp_path, monkeypatch, method):
+    """Each calibration run's outputs (one sample's tensors) are released before the run after
+    next: ModelOpt folds every batch into the ranges (max) or histograms (entropy) as it goes,
+    so the default 128 samples, or 512, take the memory of one."""
+    import weakref
+
+    src = _tiny_detector(tmp_path / "tiny.onnx")
+    runs: list[list[weakref.ref]] = []  # weak references to what each ONNX Runtime run returned
+    most_alive = [0]
+    real_run = ort.InferenceSession.run
+
+    def run(self, *args, **kwargs):
+        most_alive[0] = max(most_alive[0], sum(any(r() is not None for r in refs) for refs in runs))
+        outputs = real_run(self, *args, **kwargs)
+        runs.append([weakref.ref(o) for o in outputs if isinstance(o, np.ndarray)])
+        return outputs
+
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    samples = 24
+    feeds = {"images": np.random.default_rng(1).normal(0, 1, (samples, 3, 32, 32)).astype(np.float32)}
+    manifest = convert(src, tmp_path / "q.onnx", "int8", feeds=feeds, method=method)
+    assert manifest["precision"]["calibration"]["method"] == method
+    assert len(runs) >= samples  # one calibration run per sample
+    assert most_alive[0] <= 2, f"{most_alive[0]} earlier runs' outputs alive at once (of {len(runs)} runs)"
 
 
 def test_policies_keep_squeeze_excitation_convs_fp32():

@@ -156,14 +156,24 @@ def test_fp16_cli_and_manifest(demo_detector_onnx, tmp_path):
     assert p["calibration"]["samples"] == 4
 
 
-def test_ort_lowering_flag(demo_detector_onnx, tmp_path):
+def test_ort_lowering_flag(demo_detector_onnx, tmp_path, monkeypatch):
+    """On a CPU without VNNI (forced) --ort-lowering makes the U8U8 lowering, exact there, and
+    checks the budget on its fused kernels; the faster U8S8 one cannot be budget-checked there."""
+    from deploykit.runtime import cpu
+
+    monkeypatch.setattr(cpu, "cpu_class", lambda *a, **k: cpu.X86_NO_VNNI)
+    r = _quantize(demo_detector_onnx, "-o", tmp_path / "v.onnx", "--precision", "int8", "--ort-lowering",
+                  "--ort-cpu", "x86-vnni", "--accuracy-budget", "map-drop=5")
+    _one_line(r, 2, "--ort-cpu x86-vnni with --accuracy-budget", "x86-no-vnni")
+    assert not list(tmp_path.iterdir())
     out = tmp_path / "low.onnx"
     r = _quantize(demo_detector_onnx, "-o", out, "--precision", "int8", "--samples", 4, "--ort-lowering",
                   "--accuracy-budget", "map-drop=5", "--eval-samples", 8)
     assert r.exit_code == 0, r.output
-    p = read_manifest(out)["precision"]
-    assert p["ort_lowering"]["output_qdq_pairs"] > 5
-    assert p["ort_lowering"]["budget_value"] <= 5
+    low = read_manifest(out)["precision"]["ort_lowering"]
+    assert low["lowering"] == "u8u8" and low["cpu_class"] == "x86" and low["made_on"] == cpu.X86_NO_VNNI
+    assert low["output_qdq_pairs"] > 5 and low["uint8_weights"] >= low["output_qdq_pairs"]
+    assert low["budget_value"] <= 5
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -173,3 +183,10 @@ def test_ort_lowering_flag(demo_detector_onnx, tmp_path):
     assert fused.count("QLinearConv") >= 5
     r = _quantize(demo_detector_onnx, "-o", tmp_path / "f.onnx", "--precision", "fp16", "--ort-lowering")
     _one_line(r, 2, "--ort-lowering", "--precision int8")
+
+
+def test_low_memory_is_deprecated_and_ignored(demo_detector_onnx, tmp_path):
+    r = CliRunner().invoke(main, ["quantize", str(demo_detector_onnx), "-o", str(tmp_path / "x.onnx"), "--precision",
+                                  "int8", "--low-memory", "--calib", str(tmp_path / "nope"), "-q"])
+    assert "--low-memory is deprecated and ignored" in r.output
+    _one_line(r, 2, "nope")  # the run itself goes on as without the flag (here: to the missing folder)
