@@ -134,14 +134,15 @@ def layer_sensitivity(int8: onnx.ModelProto, fp32: onnx.ModelProto, feeds: dict[
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    n = min(samples, len(next(iter(feeds.values()))))
-    batch = _graph_batch(int8)
+    if isinstance(feeds, list):  # per-sample feeds (pixels-in / dynamic-size graphs)
+        chunks = feeds[:samples]
+    else:
+        n = min(samples, len(next(iter(feeds.values()))))
+        batch = _graph_batch(int8)
+        chunks = [{k: v[start:start + batch] for k, v in feeds.items()} for start in range(0, n - batch + 1, batch)]
     num = np.zeros(len(pairs))
     den = np.zeros(len(pairs))
-    for start in range(0, n, batch):
-        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
-        if len(next(iter(chunk.values()))) < batch:
-            break
+    for chunk in chunks:
         outs = session.run(None, chunk)
         for i in range(len(pairs)):
             a, b = outs[2 * i].astype(np.float64), outs[2 * i + 1].astype(np.float64)
@@ -254,8 +255,11 @@ def _latency_cost(int8: onnx.ModelProto, final: onnx.ModelProto, feeds: dict[str
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    batch = _graph_batch(int8)
-    one = {k: v[:batch] for k, v in feeds.items()}
+    if isinstance(feeds, list):
+        one = feeds[0]
+    else:
+        batch = _graph_batch(int8)
+        one = {k: v[:batch] for k, v in feeds.items()}
     sessions = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for m in (int8, final)]
     for s in sessions:

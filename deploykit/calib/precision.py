@@ -234,6 +234,37 @@ def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
     return total // per_batch
 
 
+def measured_activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
+    """Bytes of every float tensor of one run on ``feed``, measured with ONNX Runtime.
+
+    For graphs whose intermediate shapes follow the input (pixels-in, dynamic size), where
+    :func:`activation_bytes_per_sample` cannot know them: one run with every float tensor
+    as an output, which is what AutoCast's reference run keeps per sample.
+    """
+    import onnxruntime as ort
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    have = {o.name for o in inferred.graph.output}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(inferred)
+    for vi in inferred.graph.value_info:
+        if vi.type.tensor_type.elem_type in floats and vi.name not in have:
+            probe.graph.output.add().CopyFrom(vi)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outs = sess.run(None, feed)
+    return int(sum(o.nbytes for o in outs if o.dtype.kind == "f"))
+
+
+def sample_count(feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None) -> int:
+    """Calibration samples in stacked feeds (rows of axis 0) or a list of per-sample feeds."""
+    if not feeds:
+        return 0
+    return len(feeds) if isinstance(feeds, list) else len(next(iter(feeds.values())))
+
+
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo in bytes (None where unknown)."""
     try:
@@ -256,8 +287,13 @@ def _fit_range_check(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None
     """
     if not feeds:
         return feeds
-    n = len(next(iter(feeds.values())))
-    per_sample, free = activation_bytes_per_sample(model), available_memory()
+    n = sample_count(feeds)
+    free = available_memory()
+    if isinstance(feeds, list):  # shapes follow the input: measure the largest sample
+        largest = max(feeds, key=lambda f: sum(a.size for a in f.values()))
+        per_sample = measured_activation_bytes(model, largest) if free is not None else 0
+    else:
+        per_sample = activation_bytes_per_sample(model)
     if free is None or per_sample <= 0:
         return feeds
     fits = max(1, int(0.5 * free // per_sample))
@@ -265,7 +301,7 @@ def _fit_range_check(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None
         return feeds
     say(f"FP16 range check on {fits} of {n} samples ({per_sample / 1e9:.2f} GB of activations a sample, "
         f"{free / 1e9:.1f} GB available)")
-    return {k: v[:fits] for k, v in feeds.items()}
+    return feeds[:fits] if isinstance(feeds, list) else {k: v[:fits] for k, v in feeds.items()}
 
 
 def _save_input_copy(model_path: Path, tmpdir: Path) -> Path:
@@ -278,7 +314,12 @@ def _save_input_copy(model_path: Path, tmpdir: Path) -> Path:
 def _run_autocast(autocast, source: Path, tmpdir: Path, policy: Policy, feeds: dict[str, np.ndarray] | None,
                   data_max: float) -> onnx.ModelProto:
     calib = None
-    if feeds:
+    if isinstance(feeds, list) and feeds:  # one NPZ per sample: AutoCast's multi-batch directory
+        calib = tmpdir / "calib"
+        calib.mkdir()
+        for i, feed in enumerate(feeds):
+            np.savez(calib / f"{i:06d}.npz", **feed)
+    elif feeds:
         calib = tmpdir / "calib.npz"
         np.savez(calib, **feeds)
     kwargs = dict(low_precision_type="fp16", nodes_to_exclude=_anchored(policy.kept), keep_io_types=True,
@@ -286,7 +327,18 @@ def _run_autocast(autocast, source: Path, tmpdir: Path, policy: Policy, feeds: d
     if calib is not None:
         kwargs["calibration_data"] = str(calib)
     result = autocast.convert_to_mixed_precision(str(source), **kwargs)
+    _forget_placeholder_dims(result)
     return restore_dropped_casts(onnx.load(str(source)), result)
+
+
+def _forget_placeholder_dims(model: onnx.ModelProto, placeholder: str = "unk") -> None:
+    """AutoCast names every dimension it could not infer ``unk``; for ONNX Runtime one symbol
+    means one size, so tensors of different dynamic sizes would share a buffer (a dynamic-size
+    detector then fails: "Shape mismatch attempting to re-use buffer"). Leave them unnamed."""
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param == placeholder:
+                dim.ClearField("dim_param")
 
 
 def restore_dropped_casts(source: onnx.ModelProto, result: onnx.ModelProto) -> onnx.ModelProto:
@@ -323,6 +375,38 @@ def restore_dropped_casts(source: onnx.ModelProto, result: onnx.ModelProto) -> o
     return result
 
 
+def _FeedReader(feeds: list[dict[str, np.ndarray]]):
+    """A calibration data reader (ONNX Runtime's protocol, plus ModelOpt's ``get_first``) over
+    per-sample feeds, whose shapes may differ from sample to sample."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.calibration_data_list = list(feeds)
+            self._next = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self._next >= len(self.calibration_data_list):
+                return None
+            self._next += 1
+            return self.calibration_data_list[self._next - 1]
+
+        def get_first(self) -> dict[str, np.ndarray]:
+            return self.calibration_data_list[0]
+
+        def rewind(self) -> None:
+            self._next = 0
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.calibration_data_list = self.calibration_data_list[start_index:end_index]
+            self._next = 0
+
+        def __len__(self) -> int:
+            return len(self.calibration_data_list)
+
+    return Reader()
+
+
 def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feeds: dict[str, np.ndarray],
                   method: str, model: onnx.ModelProto) -> onnx.ModelProto:
     """ModelOpt INT8 PTQ of ``source`` with the policy's nodes.
@@ -339,8 +423,10 @@ def _run_quantize(quantization, source: Path, tmpdir: Path, policy: Policy, feed
     excluded = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in eligible]
     if not targets:
         raise CheckFailed(f"{source}: the {policy.kind} policy leaves no Conv/Gemm/MatMul node to quantize")
+    data: dict[str, Any] = ({"calibration_data_reader": _FeedReader(feeds)} if isinstance(feeds, list)
+                            else {"calibration_data": feeds})
     quantization.quantize(
-        str(work), quantize_mode="int8", calibration_data=feeds, calibration_method=method,
+        str(work), quantize_mode="int8", **data, calibration_method=method,
         calibration_eps=["cpu"], high_precision_dtype="fp32", op_types_to_quantize=list(QUANTIZABLE_OPS),
         nodes_to_quantize=_anchored(targets), nodes_to_exclude=_anchored(excluded), output_path=str(out),
         log_level="ERROR")
@@ -413,7 +499,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                     result = _run_autocast(autocast, source, tmpdir, policy, feeds, data_max)
                     low = _fp16_nodes(result)
                 else:
-                    n_samples = len(next(iter(feeds.values())))
+                    n_samples = sample_count(feeds)
                     say(f"INT8 PTQ, {method} calibration on {n_samples} samples")
                     result = _run_quantize(quantization, source, tmpdir, policy, feeds, method, model)
                     low = quantized_nodes(result)
@@ -439,7 +525,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
         record["data_max"] = data_max
         if feeds:
             record["calibration"] = {"method": "range check (data_max)", **(calibration or {}),
-                                     "range_check_samples": len(next(iter(feeds.values())))}
+                                     "range_check_samples": sample_count(feeds)}
     new = copy.deepcopy(manifest)
     new["precision"] = record
     write_manifest(out, new)

@@ -242,6 +242,11 @@ def attach_front_end(front: "onnx.ModelProto", net: "onnx.ModelProto") -> "onnx.
     merged = compose.merge_models(front, net, io_map=links, producer_name=net.producer_name,
                                   producer_version=net.producer_version)
     merged.graph.name = net.graph.name
+    opsets = {}
+    for op in merged.opset_import:  # merge_models lists a domain once per input model
+        opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
     # the network's former input declarations would pin shapes the front end computes
     keep = {vi.name for vi in merged.graph.value_info} - {a for a, _ in links}
     vis = [vi for vi in merged.graph.value_info if vi.name in keep]
