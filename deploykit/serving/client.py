@@ -186,15 +186,23 @@ class Client:
         """Images per call of :meth:`predict` on a list (one request each)."""
         return max(self.max_batch_size, 1)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        """Detections for one uint8 ``[H, W, 3]`` RGB image (gray, RGBA converted), or a list of them."""
+    def predict(self, images: np.ndarray | Sequence[np.ndarray],
+                names: Sequence[str] | None = None) -> Detections | list[Detections]:
+        """Detections for one uint8 ``[H, W, 3]`` RGB image (gray, RGBA converted), or a list of them.
+
+        ``names`` (as for :meth:`Detector.predict`) is what error messages call each image
+        (default ``image``, ``image 0``, ``image 1``...), e.g. the file names.
+        """
         if self.kind != "detector":
             raise BadInput(expected_got(f"model {self.model!r}", "a detector for predict()", self.kind))
         if isinstance(images, np.ndarray):
-            return self._predict_one(images, "image")
+            return self._predict_one(images, names[0] if names else "image")
         if not isinstance(images, (list, tuple)):
             raise BadInput(expected_got("images", "a uint8 [H, W, 3] array or a list of them", type(images).__name__))
-        return [self._predict_one(image, f"image {i}") for i, image in enumerate(images)]
+        if names is not None and len(names) != len(images):
+            raise BadInput(expected_got("names", f"one per image ({len(images)})", len(names)))
+        return [self._predict_one(image, names[i] if names is not None else f"image {i}")
+                for i, image in enumerate(images)]
 
     def _predict_one(self, image: np.ndarray, what: str) -> Detections:
         rgb = to_rgb(image, what)
