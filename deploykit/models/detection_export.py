@@ -542,12 +542,20 @@ class ExportableFasterRCNN(nn.Module):
         at a map's last pixel) and placed in one mosaic tensor; each RoI is mapped into its
         level's tile (scale, then offset), so RoiAlign runs once per RoI instead of once per
         RoI and level. Level choice is the FPN rule torchvision's LevelMapper uses.
+
+        Fixed canvas: the tiles sit side by side at offsets known at export time. Dynamic
+        size: the layout follows the shapes (:func:`_corner_mosaic`: level 0 on top, each
+        map edge-padded by one row/column and zero-padded to level 0's width). Scales and
+        the level range are those torchvision infers for a normal-size image
+        (``2 ** round(log2(feature_h / image_h))`` = 1/stride).
+
+        torchvision's ``MultiScaleRoIAlign`` infers its scales on the first batch it sees and
+        keeps them (``self.scales`` is cached), so a model in use pools with the scales of its
+        first image: 1/stride unless that image was resized to under ~75 pixels high.
         """
-        if self.dynamic:
-            return self._roi_align_dynamic(feats, proposals, sizes)
         b, p = proposals.shape[0], proposals.shape[1]
         maps = [feats[name] for name in self.pool_names]
-        if padded is not None:
+        if padded is not None and not self.dynamic:
             h, w = self.input_size
             maps = [_replicate_border(f, padded[:, 0] * (f.shape[-2] / h), padded[:, 1] * (f.shape[-1] / w))
                     for f in maps]
@@ -558,44 +566,16 @@ class ExportableFasterRCNN(nn.Module):
             return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=self.pool_scales[0],
                                              sampling_ratio=self.pool_sampling, aligned=False)
         area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
-        s = torch.sqrt(area)
-        lvl = torch.floor(self.canonical_level + torch.log2(s / self.canonical_scale) + 1e-6)
-        lvl = (torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min).to(torch.int64)
-        mosaic, offsets = _mosaic(maps)
-        scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
-        off = torch.tensor(offsets, dtype=flat.dtype)[lvl]  # [R, 2] = (x, y)
-        shift = torch.cat([off, off], dim=1)
-        rois = torch.cat([batch_idx, flat * scale + shift], dim=1)
-        return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
-                                         sampling_ratio=self.pool_sampling, aligned=False)
-
-    def _roi_align_dynamic(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, sizes: Tensor) -> Tensor:
-        """MultiScaleRoIAlign for any input size.
-
-        Scales and the level range are those torchvision infers for a normal-size image
-        (``2 ** round(log2(feature_h / image_h))`` = 1/stride; see the note below); each RoI's
-        level is the FPN rule. The levels are stacked in one mosaic whose layout follows the
-        shapes (level 0 on top, each map edge-padded by one row/column and zero-padded to level
-        0's width), so one RoiAlign pools every RoI.
-
-        torchvision's ``MultiScaleRoIAlign`` infers its scales on the first batch it sees and
-        keeps them (``self.scales`` is cached), so a model in use pools with the scales of its
-        first image: 1/stride unless that image was resized to under ~75 pixels high.
-        """
-        b, p = proposals.shape[0], proposals.shape[1]
-        maps = [feats[name] for name in self.pool_names]
-        flat = proposals.reshape(b * p, 4)
-        batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
-        if len(maps) == 1 or self.pool_k_min == self.pool_k_max:  # one level receives every RoI
-            rois = torch.cat([batch_idx, flat], dim=1)
-            return torchvision.ops.roi_align(maps[0], rois, self.pool_output, spatial_scale=self.pool_scales[0],
-                                             sampling_ratio=self.pool_sampling, aligned=False)
-        area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
         lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + 1e-6)
         lvl = (torch.clamp(lvl, min=self.pool_k_min, max=self.pool_k_max) - self.pool_k_min).to(torch.int64)
-        mosaic, left, top = _corner_mosaic(maps)
         scale = torch.tensor(self.pool_scales, dtype=flat.dtype)[lvl].unsqueeze(1)  # [R, 1]
-        x0, y0 = left[lvl].unsqueeze(1), top[lvl].unsqueeze(1)
+        if self.dynamic:
+            mosaic, left, top = _corner_mosaic(maps)
+            x0, y0 = left[lvl].unsqueeze(1), top[lvl].unsqueeze(1)
+        else:
+            mosaic, offsets = _mosaic(maps)
+            off = torch.tensor(offsets, dtype=flat.dtype)[lvl]  # [R, 2] = (x, y)
+            x0, y0 = off[:, :1], off[:, 1:]
         rois = torch.cat([batch_idx, flat * scale + torch.cat([x0, y0, x0, y0], dim=1)], dim=1)
         return torchvision.ops.roi_align(mosaic, rois, self.pool_output, spatial_scale=1.0,
                                          sampling_ratio=self.pool_sampling, aligned=False)
