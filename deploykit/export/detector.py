@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torchvision.models.detection import FasterRCNN
@@ -24,6 +24,9 @@ from ..models.detection_export import (
 from .frontend import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .graph import check_graph
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def _tensor_specs(model, names: list[str], dynamic: bool) -> list[dict[str, Any]]:

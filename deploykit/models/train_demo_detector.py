@@ -16,9 +16,7 @@ dict is saved atomically and a JSON report is written beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import shlex
 import sys

@@ -16,4 +16,4 @@ from .generator import Generator
 from .images import load_image
 from .session import Session, TensorSpec, load
 
-__all__ = ["load", "Session", "TensorSpec", "Detector", "Detections", "load_image"]
+__all__ = ["load", "Session", "TensorSpec", "Detector", "Detections", "Generator", "load_image"]
