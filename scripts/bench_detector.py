@@ -21,11 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from deploykit.export.detector import export_detector
@@ -33,31 +31,13 @@ from deploykit.models import build, resolve_checkpoint
 from deploykit.parity.detector import held_out_images, reference_detections
 from deploykit.parity.fasterrcnn import calibrate_batchnorm
 from deploykit.runtime import Detector
+from deploykit.runtime.profile import kernel_times, op_shares
 
 CASES = [
     ("fasterrcnn_resnet50_fpn", 800),
     ("fasterrcnn_mobilenet_v3_large_320_fpn", 320),
     ("fasterrcnn_demo", 320),
 ]
-
-
-def profile_ops(path: Path, feed: dict, threads: int, runs: int = 3) -> list[tuple[str, float]]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.enable_profiling = True
-    with tempfile.TemporaryDirectory() as d:
-        opts.profile_file_prefix = str(Path(d) / "prof")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 1):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"].get("op_name", "?")] += e["dur"]
-    total = sum(per_op.values()) or 1.0
-    return sorted(((op, 100.0 * us / total) for op, us in per_op.items()), key=lambda x: -x[1])
 
 
 def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, iters: int, threads: int,
@@ -99,7 +79,7 @@ def bench_case(name: str, size: int, thresh: float | None, image: np.ndarray, it
     pre = Preprocessing.from_manifest(det.session.manifest["preprocessing"])
     images, sizes, _ = preprocess_batch([image], pre)
     feed = {"images": images, "image_sizes": sizes}
-    ops = profile_ops(path, feed, threads)
+    ops = op_shares(kernel_times(path, feed, threads))
     det.close()
     return {"model": name, "size": size, "score_threshold": model.roi_heads.score_thresh,
             "weights": "bundled checkpoint" if ckpt else "random (BN-calibrated)",

@@ -20,11 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 
@@ -33,6 +31,7 @@ from deploykit.models import build, resolve_checkpoint
 from deploykit.parity.detector import held_out_images, reference_detections
 from deploykit.parity.fasterrcnn import calibrate_batchnorm
 from deploykit.runtime import Detector
+from deploykit.runtime.profile import kernel_times, op_shares
 
 MODELS = ["fasterrcnn_resnet50_fpn", "fasterrcnn_demo"]
 SIZES = [(480, 640), (750, 1000), (1080, 1920), (800, 800)]  # (height, width)
@@ -55,24 +54,9 @@ def interleaved(a, b, iters: int, blocks: int = 2) -> tuple[float, float]:
 
 def profile(path: Path, feed: dict, threads: int, runs: int = 3) -> tuple[list[tuple[str, float]], float]:
     """(share per op type, share of the front-end nodes named ``pre/...``) of ORT's kernel time."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.enable_profiling = True
-    with tempfile.TemporaryDirectory() as d:
-        opts.profile_file_prefix = str(Path(d) / "prof")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 1):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
-    front = 0.0
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"].get("op_name", "?")] += e["dur"]
-            if e["name"].startswith("pre/"):
-                front += e["dur"]
-    total = sum(per_op.values()) or 1.0
-    return sorted(((op, 100.0 * us / total) for op, us in per_op.items()), key=lambda x: -x[1]), 100 * front / total
+    times = kernel_times(path, feed, threads, runs)
+    total = sum(t.us for t in times) or 1.0
+    return op_shares(times), 100 * sum(t.us for t in times if t.node.startswith("pre/")) / total
 
 
 def scene(h: int, w: int, i: int = 0) -> np.ndarray:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit.calib.ort_lowering import lower_for_ort  # noqa: E402
 from deploykit.runtime.cpu import cpu_class  # noqa: E402
+from deploykit.runtime.profile import kernel_times, op_shares  # noqa: E402
 
 MODELS = {
     # key: (deploykit model name, canvas, default calibration samples)
@@ -173,15 +174,12 @@ def write_manifest(fp32: Path, onnx_path: Path, mode: str) -> None:
 
 
 def session(path: Path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            profile_prefix: str | None = None, optimized: Path | None = None) -> ort.InferenceSession:
+            optimized: Path | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = level
     so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
     if optimized:
         so.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -196,20 +194,8 @@ def optimized_ops(path: Path, threads: int) -> Counter:
 
 def profile_ops(path: Path, feed: dict, threads: int, runs: int) -> tuple[float, list[tuple[str, float]]]:
     """(kernel ms per run, [(op type, % of kernel time)] descending)."""
-    with tempfile.TemporaryDirectory() as d:
-        sess = session(path, threads, profile_prefix=str(Path(d) / "prof"))
-        sess.run(None, feed)
-        for _ in range(runs):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"].get("op_name", "?")] += e["dur"]
-    # the warm-up run is included in the events; shares are what matter
-    total = sum(per_op.values()) or 1.0
-    return total / (runs + 1) / 1e3, sorted(((op, 100.0 * us / total) for op, us in per_op.items()),
-                                            key=lambda x: -x[1])
+    times = kernel_times(path, feed, threads, runs)
+    return sum(t.us for t in times) / runs / 1e3, op_shares(times)
 
 
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

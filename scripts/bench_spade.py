@@ -86,36 +86,17 @@ def upstream_macs(g, seg) -> float:
 
 def profile_ort(path: Path, feed: dict, threads: int, runs: int = 2, top: int = 12) -> dict:
     """Run ONNX Runtime with profiling (same options as deploykit's Session) and summarise."""
-    import onnxruntime as ort
+    from deploykit.runtime.profile import kernel_times
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.enable_profiling = True
-    with tempfile.TemporaryDirectory() as d:
-        so.profile_file_prefix = os.path.join(d, "spade")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        sess.run(None, feed)  # warm-up, excluded below
-        for _ in range(runs):
-            sess.run(None, feed)
-        prof = sess.end_profiling()
-        events = json.load(open(prof))
-    model_runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    t_first_timed = model_runs[1]["ts"] if len(model_runs) > 1 else 0
     by_op: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
     nodes: collections.Counter = collections.Counter()
     shapes = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < t_first_timed:
-            continue
-        op = e["args"].get("op_name", "?")
-        by_op[op] += e["dur"]
-        count[op] += 1
-        name = e["name"][: -len("_kernel_time")]
-        nodes[(name, op)] += e["dur"]
-        shapes[name] = e["args"].get("output_type_shape")
+    for t in kernel_times(path, feed, threads, runs):
+        by_op[t.op] += t.us
+        count[t.op] += 1
+        nodes[(t.node, t.op)] += t.us
+        shapes[t.node] = t.output
     total = sum(by_op.values())
     return {
         "runs": runs,
