@@ -64,6 +64,22 @@ def demo_detector_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_detector_batch_onnx(tmp_path_factory):
+    """fasterrcnn_demo (bundled checkpoint) exported at 320x320 with a dynamic batch of 1..4, FP32, once per
+    session."""
+    from deploykit import models
+    from deploykit.export.detector import export_detector, model_info
+
+    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
+    kwargs = {"min_size": 320, "max_size": 320}
+    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
+    path = tmp_path_factory.mktemp("demo_detector_batch") / "det_b4.onnx"
+    export_detector(net, path, input_size=(320, 320), dynamic_batch=4,
+                    model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_detector_pixels_onnx(tmp_path_factory):
     """fasterrcnn_demo (bundled checkpoint) exported pixels-in: uint8 image [batch, height, width, 3] of any
     size (the model's own resize), batch 1..4, FP32, once per session."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 
@@ -98,9 +97,13 @@ def test_cli_bad_counts_are_one_line_errors_before_any_work(tmp_path):
     assert not out.exists()
 
 
-# -- slow: the real demo, reduced (fewer images, samples and rounds) ----------------------------
+# -- slow: the real demo, reduced (fewer pictures, calibration samples and timing rounds) ------------
+# It is also the test of issue 4's accuracy budgets on the graphs the demo ships (the dynamic-size
+# pixels-in detector, the SPADE generator), against the unmodified PyTorch models: mAP on 100 held-out
+# images, PSNR/SSIM on 16 held-out label maps, FP16 and INT8 calibrated on 32 samples (the CLI
+# default is 128: fewer samples only make the budgets harder to meet).
 
-REDUCED = ["--images", "2", "--eval-images", "8", "--eval-label-maps", "3", "--calib-samples", "16",
+REDUCED = ["--images", "2", "--eval-images", "100", "--eval-label-maps", "16", "--calib-samples", "32",
            "--rounds", "2", "--threads", "2"]
 
 
@@ -122,7 +125,7 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
     assert checks == prec["checks"]
     ok = summary["detector"]["parity"]["ok"] and summary["generator"]["ok"] and all(c["ok"] for c in checks)
     assert summary["ok"] == ok and r.exit_code == (0 if ok else 1), r.output
-    assert ok, r.output  # the demo models meet issue 4's budgets even on this reduced run
+    assert ok, r.output  # the demo models meet issue 4's budgets
     for c in checks:
         assert f"  {check_line(c)}" in r.output
     # FP16/INT8 graphs with manifests saying how they were made
@@ -130,13 +133,20 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
         for p in ("fp16", "int8"):
             m = json.loads((out / f"{model}_{p}.json").read_text())
             assert m["precision"]["mode"] == p and m["precision"]["low_precision_nodes"] > 0
-        assert json.loads((out / f"{model}_int8.json").read_text())["precision"]["calibration"]["samples"] == 16
-    assert prec["calibration"]["samples"] == 16 and "16 synthetic samples (fewer than" in r.output
+        assert json.loads((out / f"{model}_int8.json").read_text())["precision"]["calibration"]["samples"] == 32
+    assert prec["calibration"]["samples"] == 32 and "32 synthetic samples (fewer than" in r.output
     det, gen = prec["detector"], prec["generator"]
-    assert det["images"] == 8 and gen["images"] == 3
-    # FP32 computes what PyTorch computes: no mAP drop, PSNR at the cap
-    assert abs(det["rows"]["fp32"]["drop"]["map"]) < 0.01 and det["reference"]["map"] > 0.5
+    assert det["images"] == 100 and gen["images"] == 16
+    # the bundled model is trained (the comparison means something); FP32 computes what PyTorch
+    # computes: no mAP drop, PSNR at the cap
+    assert det["reference"]["map"] > 0.7 and abs(det["rows"]["fp32"]["drop"]["map"]) < 0.01
     assert gen["rows"]["fp32"]["psnr_mean"] > 90
+    # beyond the verdict's mean-based checks: mAP@.5 within the same budget, every label map's PSNR
+    # above the floor, structure kept
+    for p, budget in (("fp16", BUDGETS["fp16"]), ("int8", BUDGETS["int8"])):
+        assert det["rows"][p]["drop"]["map50"] <= budget["map_drop"], (p, det["rows"][p])
+        assert gen["rows"][p]["psnr_min"] >= budget["psnr_db"], (p, gen["rows"][p])
+        assert gen["rows"][p]["ssim_mean"] > 0.95, (p, gen["rows"][p])
     for p in PRECISIONS:
         d = det["rows"][p]
         assert d["drop"]["map"] == pytest.approx(100 * (det["reference"]["map"] - d["map"]))

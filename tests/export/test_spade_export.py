@@ -261,8 +261,12 @@ def test_export_rejects_bad_options(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["coco", "ade20k", "cityscapes"])
+@pytest.mark.parametrize("config", ["cityscapes"])
 def test_full_size_parity(config, tmp_path):
+    """One full-size configuration, the largest and non-square (512 x 256, instance maps): coco and ade20k
+    are the same network with other label counts (their label handling, ade20k's label - 1 and don't-care
+    values included, is checked on small configurations: tests/runtime/test_generator.py); their
+    full-size errors are in docs/spade.md (``scripts/bench_spade.py --config coco|ade20k``)."""
     cfg = spade_config(config)
     labels, insts = scene(cfg, seed=5)
     g = random_generator(config, labels, insts)

@@ -6,22 +6,18 @@ from __future__ import annotations
 import pytest
 
 from deploykit import models
-from deploykit.export.detector import export_detector
 from deploykit.parity.detector import detector_parity, held_out_images
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo():
     ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
     assert ckpt is not None, "the bundled demo checkpoint is missing"
-    model = models.build("fasterrcnn_demo", min_size=320, max_size=320)
-    path = tmp_path_factory.mktemp("demo") / "demo.onnx"
-    export_detector(model, path, input_size=(320, 320))
-    return model, path
+    return models.build("fasterrcnn_demo", min_size=320, max_size=320)  # as tests/conftest.py exports it
 
 
-def test_demo_parity_on_held_out_images(demo):
-    model, path = demo
+def test_demo_parity_on_held_out_images(demo, demo_detector_onnx):
+    model, path = demo, demo_detector_onnx
     images = held_out_images(24)
     shapes = {img.shape[:2] for img in images}
     aspects = {round(w / h, 1) for h, w in shapes}
@@ -32,11 +28,9 @@ def test_demo_parity_on_held_out_images(demo):
     assert report.ok, s
 
 
-def test_demo_parity_batched_dynamic(demo, tmp_path):
+def test_demo_parity_batched_dynamic(demo, demo_detector_batch_onnx):
     """A dynamic-batch export predicting a list gives the same detections as single images."""
-    model, _ = demo
-    path = tmp_path / "demo_b4.onnx"
-    export_detector(model, path, input_size=(320, 320), dynamic_batch=4)
+    model, path = demo, demo_detector_batch_onnx
     report = detector_parity(path, model, held_out_images(6), threads=2)
     assert report.ok, report.summary()
     from deploykit.runtime import Detector

@@ -13,7 +13,6 @@ from PIL import Image
 
 from deploykit import models
 from deploykit.cli import main
-from deploykit.export.spade import export_spade
 
 
 @pytest.fixture()
@@ -21,11 +20,9 @@ def detector_onnx(demo_detector_onnx) -> Path:
     return demo_detector_onnx  # exported once per session (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def generator_onnx(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("gen") / "gen.onnx"
-    export_spade("spade_demo", path)
-    return path
+@pytest.fixture()
+def generator_onnx(demo_generator_onnx) -> Path:
+    return demo_generator_onnx  # exported once per session (tests/conftest.py)
 
 
 def _invoke(*args):

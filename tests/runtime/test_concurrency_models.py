@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit import models
-from deploykit.export.detector import export_detector
-from deploykit.export.spade import export_spade
 from deploykit.parity.detector import held_out_images
 from deploykit.runtime import Detector, Generator
 
@@ -16,9 +13,8 @@ THREADS, REQUESTS = 8, 50
 
 
 @pytest.mark.slow
-def test_detector_8_threads_x_50_requests(tmp_path, run_in_threads):
-    path = tmp_path / "demo.onnx"
-    export_detector(models.build("fasterrcnn_demo", min_size=320, max_size=320), path, input_size=(320, 320))
+def test_detector_8_threads_x_50_requests(demo_detector_onnx, run_in_threads):
+    path = demo_detector_onnx  # fasterrcnn_demo at 320 x 320 (tests/conftest.py)
     base = held_out_images(40)
     # 400 distinct inputs: 40 held-out images in 10 flips/crops each
     inputs = [[np.ascontiguousarray(_variant(base[(t * REQUESTS + i) % 40], (t * REQUESTS + i) // 40))
@@ -40,11 +36,10 @@ def test_detector_8_threads_x_50_requests(tmp_path, run_in_threads):
 
 
 @pytest.mark.slow
-def test_generator_8_threads_x_50_requests(tmp_path, run_in_threads):
+def test_generator_8_threads_x_50_requests(demo_generator_onnx, run_in_threads):
     from deploykit.models.spade_demo_data import make_sample
 
-    path = tmp_path / "g.onnx"
-    export_spade("spade_demo", path)
+    path = demo_generator_onnx
     samples = [make_sample(i, size=128, split="heldout") for i in range(THREADS * REQUESTS)]
     with Generator(path, threads=1) as gen:
         want = [gen.generate(s.label, s.instance) for s in samples]
