@@ -49,48 +49,40 @@ def run_in_threads():
     return run
 
 
-@pytest.fixture(scope="session")
-def demo_detector_onnx(tmp_path_factory):
-    """fasterrcnn_demo (bundled checkpoint) exported at 320x320, FP32, once per session."""
+def _export_demo_detector(tmp_path_factory, filename: str, build_kwargs: dict, **export_kwargs):
+    """fasterrcnn_demo (bundled checkpoint) built with ``build_kwargs``, exported FP32 to a new folder."""
     from deploykit import models
     from deploykit.export.detector import export_detector, model_info
 
     ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
-    kwargs = {"min_size": 320, "max_size": 320}
-    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
-    path = tmp_path_factory.mktemp("demo_detector") / "det.onnx"
-    export_detector(net, path, input_size=(320, 320), model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
+    net = models.build("fasterrcnn_demo", ckpt, **build_kwargs)
+    path = tmp_path_factory.mktemp("demo_detector") / filename
+    export_detector(net, path, model_info=model_info("fasterrcnn_demo", ckpt, build_kwargs), **export_kwargs)
     return path
+
+
+CANVAS_320 = {"min_size": 320, "max_size": 320}
+
+
+@pytest.fixture(scope="session")
+def demo_detector_onnx(tmp_path_factory):
+    """fasterrcnn_demo (bundled checkpoint) exported at 320x320, FP32, once per session."""
+    return _export_demo_detector(tmp_path_factory, "det.onnx", CANVAS_320, input_size=(320, 320))
 
 
 @pytest.fixture(scope="session")
 def demo_detector_batch_onnx(tmp_path_factory):
     """fasterrcnn_demo (bundled checkpoint) exported at 320x320 with a dynamic batch of 1..4, FP32, once per
     session."""
-    from deploykit import models
-    from deploykit.export.detector import export_detector, model_info
-
-    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
-    kwargs = {"min_size": 320, "max_size": 320}
-    net = models.build("fasterrcnn_demo", ckpt, **kwargs)
-    path = tmp_path_factory.mktemp("demo_detector_batch") / "det_b4.onnx"
-    export_detector(net, path, input_size=(320, 320), dynamic_batch=4,
-                    model_info=model_info("fasterrcnn_demo", ckpt, kwargs))
-    return path
+    return _export_demo_detector(tmp_path_factory, "det_b4.onnx", CANVAS_320, input_size=(320, 320),
+                                 dynamic_batch=4)
 
 
 @pytest.fixture(scope="session")
 def demo_detector_pixels_onnx(tmp_path_factory):
     """fasterrcnn_demo (bundled checkpoint) exported pixels-in: uint8 image [batch, height, width, 3] of any
     size (the model's own resize), batch 1..4, FP32, once per session."""
-    from deploykit import models
-    from deploykit.export.detector import export_detector, model_info
-
-    ckpt = models.resolve_checkpoint("fasterrcnn_demo", None)
-    net = models.build("fasterrcnn_demo", ckpt)
-    path = tmp_path_factory.mktemp("demo_detector_pixels") / "pix.onnx"
-    export_detector(net, path, input="image", dynamic_batch=4, model_info=model_info("fasterrcnn_demo", ckpt, {}))
-    return path
+    return _export_demo_detector(tmp_path_factory, "pix.onnx", {}, input="image", dynamic_batch=4)
 
 
 @pytest.fixture(scope="session")

@@ -534,8 +534,7 @@ class ExportableFasterRCNN(nn.Module):
         return proposals, top_score >= 0, all_obj, all_props
 
     # ---- RoI heads ---------------------------------------------------------------------------
-    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None,
-                   sizes: Tensor) -> Tensor:
+    def _roi_align(self, feats: "OrderedDict[str, Tensor]", proposals: Tensor, padded: Tensor | None) -> Tensor:
         """MultiScaleRoIAlign as one ONNX RoiAlign over a mosaic of the FPN levels.
 
         Each level map is edge-padded by one row/column (what torchvision's sampling reads
@@ -555,7 +554,7 @@ class ExportableFasterRCNN(nn.Module):
         """
         b, p = proposals.shape[0], proposals.shape[1]
         maps = [feats[name] for name in self.pool_names]
-        if padded is not None and not self.dynamic:
+        if padded is not None:  # the fixed canvas's padding emulation (never in dynamic graphs)
             h, w = self.input_size
             maps = [_replicate_border(f, padded[:, 0] * (f.shape[-2] / h), padded[:, 1] * (f.shape[-1] / w))
                     for f in maps]
@@ -618,7 +617,7 @@ class ExportableFasterRCNN(nn.Module):
         finally:
             if self.emulation is not None:
                 self.emulation.valid = None
-        pooled = self._roi_align(feats, proposals, padded, image_sizes)
+        pooled = self._roi_align(feats, proposals, padded)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
         b, p = proposals.shape[0], proposals.shape[1]
         if self.raw:

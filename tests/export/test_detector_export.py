@@ -42,7 +42,7 @@ def rel_err(ref, got):
     return float(np.abs(ref - np.asarray(got, np.float64)).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def run_raw_parity(name, size, tmp_path, widths=(None,), model=None, **build_kwargs):
+def run_raw_parity(name, size, tmp_path, widths=(None,), model=None):
     """Export once in raw mode and compare with torchvision on a size × width noise image per width.
 
     width < size exercises the padding emulation: torchvision pads the image to a multiple
@@ -50,7 +50,7 @@ def run_raw_parity(name, size, tmp_path, widths=(None,), model=None, **build_kwa
     """
     torch.manual_seed(0)
     if model is None:
-        model = build(name, min_size=size, max_size=size, **build_kwargs)
+        model = build(name, min_size=size, max_size=size)
     model = spread_heads(model, size=size)
     path = tmp_path / f"{name}_raw.onnx"
     export_detector(model, path, input_size=(size, size), raw=True)
@@ -61,7 +61,6 @@ def run_raw_parity(name, size, tmp_path, widths=(None,), model=None, **build_kwa
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for width in widths:
         _check_raw(model, sess, size, width or size)
-    return path
 
 
 def _check_raw(model, sess, size, width):
@@ -105,7 +104,7 @@ def test_mobilenet_320_raw_parity(tmp_path):
     run_raw_parity("fasterrcnn_mobilenet_v3_large_320_fpn", 320, tmp_path, widths=(320, 200))
 
 
-def tiny_detector(num_classes=4):
+def tiny_detector():
     """A custom one-map FasterRCNN (any torchvision FasterRCNN exports): small enough to export in seconds."""
     from torch import nn
     from torchvision.models.detection import FasterRCNN
@@ -119,7 +118,7 @@ def tiny_detector(num_classes=4):
         nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
         nn.Conv2d(64, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU())
     backbone.out_channels = 64
-    return FasterRCNN(backbone, num_classes=num_classes, min_size=256, max_size=256,
+    return FasterRCNN(backbone, num_classes=4, min_size=256, max_size=256,
                       rpn_anchor_generator=AnchorGenerator(((24, 48, 96),), ((0.5, 1.0, 2.0),)),
                       box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2)).eval()
 
