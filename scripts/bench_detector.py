@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deploykit.compare.reference import calibrate_batchnorm, reference_detections
+from deploykit.data.splits import held_out_images
 from deploykit.export.detector import export_detector
 from deploykit.models import build, resolve_checkpoint
-from deploykit.parity.detector import held_out_images, reference_detections
-from deploykit.parity.fasterrcnn import calibrate_batchnorm
 from deploykit.runtime import Detector
 from deploykit.runtime.profile import kernel_times, op_shares
 

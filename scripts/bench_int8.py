@@ -3,7 +3,7 @@
 
 For each model: export FP32 (or take ``--fp32 NAME=PATH``), quantize with NVIDIA ModelOpt ONNX
 PTQ (int8, entropy calibration, Q/DQ on Conv/Gemm inputs, ``bbox_pred`` kept FP32), then
-apply :func:`deploykit.calib.ort_lowering.lower_for_ort` (Q/DQ after Conv/Gemm whose output
+apply :func:`deploykit.precision.ort_lowering.lower_for_ort` (Q/DQ after Conv/Gemm whose output
 reaches a same-scale quantizer only through Relu / 0-1 mask Mul / MaxPool / nearest Resize)
 for both CPU targets: ``int8_lowered`` (``x86-vnni``: int8 weights, ORT's U8S8 kernels, exact
 only on VNNI/AMX CPUs) and ``int8_lowered_u8u8`` (``x86``: uint8 weights, U8U8 kernels, exact on
@@ -45,7 +45,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploykit.calib.ort_lowering import lower_for_ort  # noqa: E402
+from deploykit.precision.ort_lowering import lower_for_ort  # noqa: E402
 from deploykit.runtime.cpu import cpu_class  # noqa: E402
 from deploykit.runtime.profile import kernel_times, op_shares  # noqa: E402
 
@@ -69,9 +69,9 @@ def export_fp32(key: str, out: Path) -> Path:
         return out
     import torch
 
+    from deploykit.compare.reference import calibrate_batchnorm
     from deploykit.export.detector import detector_class_names, export_detector, model_info
     from deploykit.models import build, resolve_checkpoint
-    from deploykit.parity.fasterrcnn import calibrate_batchnorm
 
     ckpt = resolve_checkpoint(name, None)
     kwargs = {"min_size": size, "max_size": size}
@@ -100,7 +100,7 @@ def detector_feed(manifest: dict, image: np.ndarray) -> dict[str, np.ndarray]:
 def feeds(key: str, manifest: dict, n: int, split: str) -> list[dict[str, np.ndarray]]:
     """``n`` input feeds: calibration (``split="calib"``) or held-out (``"heldout"``) data."""
     if key == "spade":
-        from deploykit.models.spade_demo_data import make_sample
+        from deploykit.data.spade_scenes import make_sample
 
         size = manifest["preprocessing"]["input_size"][0]
         out = []
@@ -108,7 +108,7 @@ def feeds(key: str, manifest: dict, n: int, split: str) -> list[dict[str, np.nda
             s = make_sample(i, size=size, split="train" if split == "calib" else "heldout")
             out.append({"label_map": s.label[None], "instance_map": s.instance[None]})
         return out
-    from deploykit.models.synthetic_shapes import sample_for_index
+    from deploykit.data.shapes import sample_for_index
 
     seed = 2000 if split == "calib" else 1000
     return [detector_feed(manifest, sample_for_index(seed, i)[0]) for i in range(n)]
@@ -232,8 +232,8 @@ def bench(paths: dict[str, Path], feed: dict, threads: int, blocks: int, per_blo
 
 
 def demo_map(paths: dict[str, Path], n: int, threads: int) -> dict[str, float]:
-    from deploykit.models.coco_eval import coco_metrics
-    from deploykit.models.synthetic_shapes import coco_dict, sample_for_index
+    from deploykit.data.shapes import coco_dict, sample_for_index
+    from deploykit.metrics import coco_metrics
     from deploykit.runtime import Detector
 
     samples = [sample_for_index(1000, i) for i in range(n)]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.parity.detector import held_out_images
+from deploykit.data.splits import held_out_images
 from deploykit.runtime import Detector
 from deploykit.serving import Client, RepositoryOptions, TritonServer, write_repository
 from deploykit.serving.server import free_port

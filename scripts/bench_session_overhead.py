@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from deploykit import models
+    from deploykit.data.splits import held_out_images
     from deploykit.export.detector import export_detector
-    from deploykit.parity.detector import held_out_images
     from deploykit.runtime import load
     from deploykit.runtime.preprocess import preprocess_batch
 

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     from deploykit.export.spade import export_spade
     from deploykit.models.spade import build_spade, calibrate_random_weights, preprocess_upstream
-    from deploykit.runtime.session import load
+    from deploykit.runtime.backends import load
 
     torch.manual_seed(0)
     g = build_spade(a.config)

@@ -64,7 +64,7 @@ def export(key: str, out: Path) -> Path:
 
 def child(fp32: str, samples: int, method: str) -> None:
     """One calibration; prints {"seconds", "peak_rss_gb", ...} as JSON on the last line."""
-    from deploykit.calib.pipeline import quantize_artifact
+    from deploykit.precision.quantize import quantize_artifact
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="calib-memory-") as tmp:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "calib"))  # the graph builders of tests/calib/test_ort_lowering.py
+sys.path.insert(0, str(ROOT / "tests" / "precision"))  # the graph builders of tests/precision/test_ort_lowering.py
 
 
 def checks() -> dict:
@@ -38,7 +38,7 @@ def checks() -> dict:
     import onnxruntime as ort
     from test_ort_lowering import _inputs, _saturating_conv_model, _session, conv_block_model
 
-    from deploykit.calib.ort_lowering import TARGETS, lower_for_ort
+    from deploykit.precision.ort_lowering import TARGETS, lower_for_ort
 
     out = {}
     model, x, expected = _saturating_conv_model()

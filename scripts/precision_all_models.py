@@ -7,7 +7,7 @@ them. This script measures what the precision policies do to their outputs
 instead:
 
 * detectors: BatchNorm statistics calibrated on random images (otherwise every
-  feature collapses; see deploykit.parity.fasterrcnn.calibrate_batchnorm), then
+  feature collapses; see deploykit.compare.reference.calibrate_batchnorm), then
   exported in raw mode (pre-NMS tensors). It reports the relative L2 error
   ``‖y − y_fp32‖ / ‖y_fp32‖`` of the RPN objectness and decoded proposals of
   every anchor (aligned tensors), and the share of post-NMS proposals matched
@@ -52,7 +52,7 @@ def _rel(a, b):
 
 def _convert(fp32, out, precision, samples, row):
     """quantize_artifact(fp32 -> out), recording time and node count in ``row``; returns ``out``."""
-    from deploykit.calib.pipeline import quantize_artifact
+    from deploykit.precision.quantize import quantize_artifact
 
     t = time.perf_counter()
     m = quantize_artifact(fp32, out, precision, samples=samples, progress=False)
@@ -63,10 +63,10 @@ def _convert(fp32, out, precision, samples, row):
 
 def detector(name, work, samples, threads):
     from deploykit import models
-    from deploykit.calib.data import calibration_feeds
+    from deploykit.compare.reference import calibrate_batchnorm
+    from deploykit.data.calibration import calibration_feeds
     from deploykit.export.detector import export_detector, model_info
-    from deploykit.parity.fasterrcnn import calibrate_batchnorm
-    from deploykit.parity.metrics import box_iou
+    from deploykit.metrics import box_iou
 
     size = models.entry(name).default_size
     torch.manual_seed(0)
@@ -103,9 +103,9 @@ def detector(name, work, samples, threads):
 
 
 def generator(name, work, samples, threads):
-    from deploykit.calib.data import calibration_feeds
-    from deploykit.evaluate import psnr, ssim
+    from deploykit.data.calibration import calibration_feeds
     from deploykit.export.spade import export_spade
+    from deploykit.metrics import psnr, ssim
 
     fp32 = work / f"{name}.onnx"
     export_spade(name, fp32)

@@ -81,7 +81,7 @@ def test_image(height: int, width: int) -> np.ndarray:
     """A held-out synthetic-shapes scene scaled to height x width (bilinear)."""
     from PIL import Image
 
-    from deploykit.models.synthetic_shapes import sample_for_index
+    from deploykit.data.shapes import sample_for_index
 
     image, _ = sample_for_index(4242, 3)
     return np.ascontiguousarray(np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR)))

@@ -5,7 +5,7 @@ The graph rules (``check_graph``, ``graph_violations``, ``trt_support``) need on
 ``deploykit check`` can check a graph without importing torch.
 """
 
-from .graph import check_graph, graph_violations
+from .rules import check_graph, graph_violations
 
 __all__ = ["check_graph", "graph_violations", "export_module", "versions", "DEFAULT_OPSET"]
 _LAZY = {"export_module", "versions", "DEFAULT_OPSET"}

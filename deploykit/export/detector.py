@@ -13,17 +13,10 @@ from torchvision.models.detection import FasterRCNN
 from ..errors import BadInput, expected_got
 from ..fileio import sha256_file
 from ..manifest import write_manifest
-from ..models.detection_export import (
-    CUSTOM_TRANSLATIONS,
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    PAD_LABEL,
-    RAW_OUTPUT_NAMES,
-    ExportableFasterRCNN,
-)
-from .frontend import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
-from .graph import check_graph
+from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
+from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
+from .rules import check_graph
 
 if TYPE_CHECKING:
     import onnx
@@ -123,7 +116,7 @@ def export_detector(
 
     ``input="image"``: the graph takes ``image`` uint8 [B, h, w, 3] RGB pixels of any size in
     ``image_size_range`` and does the resize, normalisation, padding and the rescale of the
-    boxes to the original image inside (see :mod:`deploykit.export.frontend`).
+    boxes to the original image inside (see :mod:`deploykit.export.detection.pixels_in`).
     ``input="tensor"``: the graph takes the preprocessed ``images`` and ``image_sizes``.
     """
     say = progress or (lambda msg: None)
@@ -271,7 +264,7 @@ def detector_class_names(name: str, net) -> list[str]:
     """Class names for a registered detector: demo shapes, COCO for 91-class models, else generic."""
     n = int(net.roi_heads.box_predictor.cls_score.out_features)
     if name == "fasterrcnn_demo":
-        from ..models.synthetic_shapes import CLASS_NAMES
+        from ..data.shapes import CLASS_NAMES
 
         if len(CLASS_NAMES) == n:
             return list(CLASS_NAMES)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CheckFailed
 from ..fileio import atomic_path
-from .graph import check_graph
+from .rules import check_graph
 
 DEFAULT_OPSET = 18
 
@@ -77,7 +77,7 @@ def _make_deterministic(model: onnx.ModelProto) -> None:
 
     One metadata entry per node is kept: ``deploykit.module``, the PyTorch
     module path the node came from (e.g. ``backbone.body.layer2.0``). Precision
-    policies (:mod:`deploykit.calib.precision`) read it to decide which nodes
+    policies (:mod:`deploykit.precision.convert`) read it to decide which nodes
     may run in FP16/INT8.
     """
     model.doc_string = ""
@@ -127,7 +127,7 @@ def export_module(
     then named ``batch``). ``dynamic_shapes`` (torch.export's, one entry per input)
     replaces that for graphs with other dynamic axes; ``dim_names`` renames the
     exporter's symbolic dimensions (e.g. ``{"32*h32": "padded_height"}``). The graph
-    is checked against the rules in :mod:`deploykit.export.graph` before anything is
+    is checked against the rules in :mod:`deploykit.export.rules` before anything is
     written (``static_outputs=False`` lets outputs have dynamic axes); a failing graph
     raises :class:`CheckFailed` and leaves no file behind. ``out_path=None`` only
     returns the model.

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput, expected_got
-from ..models.spade import SPADE, SPADEGenerator, SPADEResnetBlock, SpadeConfig, build_spade
+from ..models.spade import SPADE, SpadeConfig, SPADEGenerator, SPADEResnetBlock, build_spade
 
 OUTPUTS = ("float", "uint8")
 _TAPS = tuple((ky, kx) for ky in range(3) for kx in range(3))

@@ -7,21 +7,19 @@ grad) on every image and returns ``{"map": mAP@[.5:.95], "map50": mAP@.5,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["evaluate_coco", "coco_metrics"]
+__all__ = ["evaluate_coco"]
 
 
 def _load_samples(data) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
     from PIL import Image
 
-    from .synthetic_shapes import load_coco_dataset
+    from ..data.shapes import load_coco_dataset
 
     if isinstance(data, (str, os.PathLike)):
         paths, anns = load_coco_dataset(Path(data))
@@ -33,40 +31,19 @@ def _load_samples(data) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
     return list(data)
 
 
-def coco_metrics(gt: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
-    """mAP numbers for a COCO ground-truth dict and a list of COCO detection results."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if not detections:
-            return {"map": 0.0, "map50": 0.0, "map75": 0.0}
-        coco_dt = coco_gt.loadRes(detections)
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    s = [float(max(v, 0.0)) for v in ev.stats]
-    return {"map": s[0], "map50": s[1], "map75": s[2],
-            "map_small": s[3], "map_medium": s[4], "map_large": s[5]}
-
-
 def evaluate_coco(model, data: str | os.PathLike | Sequence[tuple[np.ndarray, list]] | Iterable,
                   batch_size: int = 1) -> dict[str, float]:
     """Evaluate ``model`` on a COCO dataset directory or a list of samples.
 
     ``data`` is a directory holding ``annotations.json`` and the images (as
-    written by :func:`deploykit.models.synthetic_shapes.write_dataset`), or a
+    written by :func:`deploykit.data.shapes.write_dataset`), or a
     sequence of ``(HxWx3 uint8 RGB array, annotations)`` pairs as returned by
-    :func:`~deploykit.models.synthetic_shapes.make_sample`.
+    :func:`~deploykit.data.shapes.make_sample`.
     """
     import torch
 
-    from .synthetic_shapes import coco_dict
+    from ..data.shapes import coco_dict
+    from ..metrics import coco_metrics
 
     samples = _load_samples(data)
     gt = coco_dict(samples)

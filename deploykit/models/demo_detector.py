@@ -4,7 +4,7 @@ Same graph structure as torchvision's FPN detectors (``BackboneWithFPN``
 feature dict with keys ``'0'..'3', 'pool'``, five anchor levels × three
 aspect ratios, ``MultiScaleRoIAlign`` over ``'0'..'3'``, ``TwoMLPHead`` +
 ``FastRCNNPredictor``), but small enough to train from scratch on a CPU on
-the synthetic shapes dataset (:mod:`deploykit.models.synthetic_shapes`).
+the synthetic shapes dataset (:mod:`deploykit.data.shapes`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .synthetic_shapes import CLASS_NAMES
+from ..data.shapes import CLASS_NAMES
 
 STAGE_CHANNELS = (32, 64, 128, 192)  # strides 4, 8, 16, 32
 FPN_CHANNELS = 64

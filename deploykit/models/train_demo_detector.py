@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.shapes import CLASS_NAMES, sample_for_index
 from ..fileio import atomic_path, sha256_file, write_json_atomic
 from .coco_eval import evaluate_coco
 from .demo_detector import build_demo_detector
-from .synthetic_shapes import CLASS_NAMES, sample_for_index
 
 # Training-only sampling settings (not part of the checkpoint).
 TRAIN_KWARGS = dict(rpn_batch_size_per_image=256, box_batch_size_per_image=128)
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         "class_names": CLASS_NAMES,
         "command": command,
         "seed": args.seed,
-        "train_data": {"generator": "deploykit.models.synthetic_shapes.sample_for_index",
+        "train_data": {"generator": "deploykit.data.shapes.sample_for_index",
                        "seed": args.seed, "images_seen": result["images_seen"]},
         "iterations": result["iterations"],
         "batch_size": args.batch_size,
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "heldout": {"seed": args.heldout_seed, "size": args.heldout_size,
-                    "generator": "deploykit.models.synthetic_shapes.sample_for_index"},
+                    "generator": "deploykit.data.shapes.sample_for_index"},
         "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         "loss_log": result["log"],
     }

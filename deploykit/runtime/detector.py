@@ -31,8 +31,9 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 from ..manifest import manifest_path
+from .backends import load
 from .preprocess import Preprocessing, pixel_batch, preprocess_batch, to_rgb
-from .session import OwnsSession, Session, load
+from .session import OwnsSession, Session
 
 INPUTS = ("images", "image_sizes")
 PIXEL_INPUTS = ("image",)

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInput, expected_got
-from .session import OwnsSession, load
+from .backends import load
+from .session import OwnsSession
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ class GeneratorPipeline(Handler):
 
 class GraphHandler(Handler):
     def open(self, artifact: Path, threads: int | None) -> Any:
-        from ..runtime.session import load
+        from ..runtime.backends import load
 
         self.batched = int(self.config.get("max_batch_size") or 0) > 0
         self.reshape = {o["name"]: [int(d) for d in o["dims"]] for o in self.config["output"] if o.get("reshape")}

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..engine.profiles import profile_shapes
 from ..errors import BadInput, expected_got
 from ..fileio import write_json_atomic
 from ..manifest import manifest_path, read_manifest
@@ -225,32 +226,20 @@ class ModelSpec:
 
 
 def _profile_shapes(manifest: dict[str, Any], max_batch_size: int) -> dict[str, tuple] | None:
-    """TensorRT EP profile shapes ``{input: (min, opt, max)}`` when the graph has dynamic dims whose ranges the
-    manifest gives (``batch``: its batch range, widened to ``max_batch_size``; ``height``/``width``: the
-    pixels-in ``image_size_range``); else None (the TensorRT EP then builds engines as shapes come)."""
-    batch = manifest.get("batch") or {}
-    sizes = (manifest.get("preprocessing") or {}).get("image_size_range") or {}
-    ranges: dict[str, tuple] = {}
-    if all(isinstance(batch.get(k), int) for k in ("min", "opt", "max")):
-        ranges["batch"] = (batch["min"], batch["opt"], max(batch["max"], max_batch_size))
-    if all(isinstance(sizes.get(k), list) and len(sizes[k]) == 2 for k in ("min", "opt", "max")):
-        ranges["height"] = tuple(int(sizes[k][0]) for k in ("min", "opt", "max"))
-        ranges["width"] = tuple(int(sizes[k][1]) for k in ("min", "opt", "max"))
+    """TensorRT EP profile shapes ``{input: (min, opt, max)}``, read as ``deploykit build`` reads them
+    (:func:`deploykit.engine.profiles.profile_shapes`), a dynamic batch widened to ``max_batch_size``;
+    None when the graph's shapes are static or a dynamic dimension has no range in the manifest (the
+    TensorRT EP then builds engines as shapes come)."""
     specs = manifest.get("inputs") or []
     if not any(isinstance(d, str) for spec in specs for d in spec.get("shape") or []):
         return None
-    shapes = {}
-    for spec in specs:
-        per = []
-        for d in spec.get("shape") or []:
-            if isinstance(d, int):
-                per.append((d, d, d))
-            elif d in ranges:
-                per.append(ranges[d])
-            else:
-                return None
-        shapes[spec["name"]] = tuple(tuple(p[i] for p in per) for i in range(3))
-    return shapes
+    batch = dict(manifest.get("batch") or {})
+    if batch.get("dynamic") and isinstance(batch.get("max"), int):
+        batch["max"] = max(batch["max"], max_batch_size)
+    try:
+        return profile_shapes({**manifest, "batch": batch})
+    except BadInput:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +252,7 @@ def _graph_io(artifact: Path, manifest: dict[str, Any]) -> tuple[list[dict], lis
     ins, outs = manifest.get("inputs") or [], manifest.get("outputs") or []
     if artifact.suffix.lower() != ".onnx":
         return ins, outs
-    from ..runtime.session import load
+    from ..runtime.backends import load
 
     with load(artifact) as session:
         graph = [[{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape)} for s in specs]

@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from deploykit.compare.reference import calibrate_batchnorm, reference_box_head, reference_raw
 from deploykit.errors import BadInput, CheckFailed
 from deploykit.export import graph_violations
+from deploykit.export.detection.faster_rcnn import RAW_OUTPUT_NAMES, ExportableFasterRCNN
 from deploykit.export.detector import export_detector
+from deploykit.metrics import box_iou
 from deploykit.models import build
-from deploykit.models.detection_export import RAW_OUTPUT_NAMES, ExportableFasterRCNN
-from deploykit.parity.fasterrcnn import calibrate_batchnorm, reference_box_head, reference_raw
-from deploykit.parity.metrics import box_iou
 
 
 def spread_heads(model, seed=1, size=320):

@@ -17,19 +17,19 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
+from test_detector_export import rel_err, spread_heads
 
 from deploykit import models
+from deploykit.compare.reference import reference_box_head, reference_detections, reference_raw
+from deploykit.data.splits import PHOTO_SIZES, held_out_images, held_out_photos
 from deploykit.errors import BadInput
+from deploykit.export.detection.faster_rcnn import RAW_OUTPUT_NAMES
+from deploykit.export.detection.pixels_in import front_end, size_model
 from deploykit.export.detector import export_detector
-from deploykit.export.frontend import front_end, size_model
-from deploykit.models.detection_export import RAW_OUTPUT_NAMES
-from deploykit.parity.detector import PHOTO_SIZES, held_out_images, held_out_photos, reference_detections
-from deploykit.parity.fasterrcnn import reference_box_head, reference_raw
-from deploykit.parity.metrics import box_iou, match_detections
+from deploykit.metrics import box_iou, match_detections
 from deploykit.runtime import Detector
 from deploykit.runtime.preprocess import torchvision_resized_size
 
-from test_detector_export import rel_err, spread_heads
 
 def varied_images(n: int = len(PHOTO_SIZES)) -> list[np.ndarray]:
     return held_out_photos(n)
@@ -229,7 +229,7 @@ def test_architecture_dynamic_raw_parity(name, min_size, max_size, tmp_path):
 
 def test_tensorrt_profile_comes_from_the_image_size_range(demo_dynamic):
     """`deploykit build` turns the manifest's range into the optimisation profile (opt settable)."""
-    from deploykit.runtime.tensorrt import profile_shapes
+    from deploykit.engine.profiles import profile_shapes
 
     _, _, manifest = demo_dynamic
     assert profile_shapes(manifest) == {"image": ((1, 32, 32, 3), (1, 720, 1280, 3), (4, 4096, 4096, 3))}

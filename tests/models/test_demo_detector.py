@@ -12,9 +12,10 @@ pytest.importorskip("torchvision")
 
 from torchvision.models.detection import FasterRCNN  # noqa: E402
 
+from deploykit.data.shapes import CLASS_NAMES, sample_for_index  # noqa: E402
 from deploykit.models import demo_detector  # noqa: E402
 from deploykit.models.demo_detector import build_demo_detector  # noqa: E402
-from deploykit.models.synthetic_shapes import CLASS_NAMES, sample_for_index  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deploykit.data import spade_scenes as demo_data
 from deploykit.errors import BadInput
-from deploykit.models import spade_demo_data as demo_data
 from deploykit.models.spade import (
     SPADE,
     SPADE_CONFIGS,

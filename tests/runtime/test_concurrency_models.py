@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.parity.detector import held_out_images
+from deploykit.data.splits import held_out_images
 from deploykit.runtime import Detector, Generator
 
 THREADS, REQUESTS = 8, 50
@@ -37,7 +37,7 @@ def test_detector_8_threads_x_50_requests(demo_detector_onnx, run_in_threads):
 
 @pytest.mark.slow
 def test_generator_8_threads_x_50_requests(demo_generator_onnx, run_in_threads):
-    from deploykit.models.spade_demo_data import make_sample
+    from deploykit.data.spade_scenes import make_sample
 
     path = demo_generator_onnx
     samples = [make_sample(i, size=128, split="heldout") for i in range(THREADS * REQUESTS)]

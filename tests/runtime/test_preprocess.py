@@ -8,8 +8,14 @@ import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from deploykit.errors import BadInput
-from deploykit.runtime.preprocess import (Preprocessing, preprocess_batch, preprocess_image, resize_bilinear,
-                                          resized_size, to_rgb)
+from deploykit.runtime.preprocess import (
+    Preprocessing,
+    preprocess_batch,
+    preprocess_image,
+    resize_bilinear,
+    resized_size,
+    to_rgb,
+)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

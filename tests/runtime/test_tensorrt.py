@@ -20,13 +20,20 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from deploykit.build import build_engine, plan_manifest
 from deploykit.cli import main
+from deploykit.engine.build import build_engine, plan_manifest
+from deploykit.engine.profiles import profile_shapes
 from deploykit.errors import BadInput
 from deploykit.manifest import read_manifest, write_manifest
 from deploykit.runtime import load
-from deploykit.runtime.tensorrt import (INSTALL_HINT, TRT_DTYPES, buffer_nbytes, check_compatible,
-                                        missing_requirement, numpy_dtype, profile_shapes)
+from deploykit.runtime.tensorrt import (
+    INSTALL_HINT,
+    TRT_DTYPES,
+    buffer_nbytes,
+    check_compatible,
+    missing_requirement,
+    numpy_dtype,
+)
 
 
 def manifest_for(dynamic: bool = True, low: int = 1, opt: int = 2, high: int = 8) -> dict:
@@ -425,7 +432,7 @@ def test_roialign_build_initialises_standard_plugins_first_and_records_them(tmp_
 
 def test_stand_in_refuses_roialign_without_plugins(tmp_path, monkeypatch):
     """Without init_libnvinfer_plugins the stand-in fails like TensorRT: parse, then deserialize."""
-    import deploykit.build
+    import deploykit.engine.build
     import deploykit.runtime.tensorrt
 
     trt = add_fake_runtime(FakeTRT())
@@ -433,7 +440,7 @@ def test_stand_in_refuses_roialign_without_plugins(tmp_path, monkeypatch):
     install_cuda(monkeypatch, FakeCudart())
     src = make_roialign_onnx(tmp_path)
     plan = build_engine(src, tmp_path / "roi.plan", echo=lambda m: None)
-    monkeypatch.setattr(deploykit.build, "init_plugins", lambda trt, logger: None)
+    monkeypatch.setattr(deploykit.engine.build, "init_plugins", lambda trt, logger: None)
     monkeypatch.setattr(deploykit.runtime.tensorrt, "init_plugins", lambda trt, logger: None)
     trt.plugins_ready = False
     lines = []

@@ -136,8 +136,8 @@ def test_fp32_configs_parse_and_agree_with_the_graphs(backend, demo_detector_onn
 def quantized(demo_detector_onnx, demo_generator_onnx, tmp_path_factory):
     """fp16 and int8 of both demo models (ModelOpt, 2 calibration samples: only their I/O matters here)."""
     pytest.importorskip("modelopt.onnx.quantization")
-    from deploykit.calib.data import calibration_feeds
-    from deploykit.calib.precision import convert
+    from deploykit.data.calibration import calibration_feeds
+    from deploykit.precision.convert import convert
 
     out, root = [], tmp_path_factory.mktemp("quantized")
     for src in (demo_detector_onnx, demo_generator_onnx):
@@ -191,7 +191,7 @@ def test_pixels_in_graph_config_needs_no_python(demo_detector_pixels_onnx, tmp_p
 def test_tensorrt_plan_config_from_its_manifest(demo_detector_onnx, tmp_path):
     """A plan (stand-in bytes; TensorRT is not installed here) gets platform tensorrt_plan and the
     manifest's I/O, which is the ONNX graph's it was built from."""
-    from deploykit.build import plan_manifest
+    from deploykit.engine.build import plan_manifest
 
     plan = tmp_path / "det.plan"
     plan.write_bytes(b"PLAN")

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from deploykit.cli import main
+from deploykit.data.spade_scenes import make_sample
+from deploykit.data.splits import held_out_images
 from deploykit.errors import BadInput
-from deploykit.models.spade_demo_data import make_sample
-from deploykit.parity.detector import held_out_images
 from deploykit.runtime import Detector, Generator
 from deploykit.serving import Client
 from deploykit.serving.repository import RepositoryOptions, write_repository

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.parity.detector import held_out_images
+from deploykit.data.splits import held_out_images
 from deploykit.runtime import Detector
 from deploykit.serving import Client, ServerError
 from deploykit.serving.repository import RepositoryOptions, write_repository

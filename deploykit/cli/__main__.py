@@ -1,0 +1,5 @@
+"""``python -m deploykit.cli``: the ``deploykit`` command."""
+
+from . import main
+
+main()
