@@ -3,7 +3,8 @@
 - detections: :func:`box_iou`, :func:`match_detections` (label, IoU, |Δscore|, both ways);
 - tensors: :func:`tensor_stats`;
 - images: :func:`psnr` (one definition: peak and cap are arguments), :func:`ssim`;
-- COCO: :func:`coco_metrics` (mAP@[.5:.95], mAP@.5, ... of a ground-truth dict and detections).
+- COCO: :func:`coco_metrics` (mAP@[.5:.95], mAP@.5, ... of a ground-truth dict and detections, boxes or
+  masks), :func:`segm_results` (masks as COCO results).
 
 A leaf module: parity, eval, the demo and the demo models' training all use it.
 """
@@ -194,3 +195,14 @@ def coco_metrics(gt: dict[str, Any], detections: list[dict[str, Any]], iou_type:
     s = [float(max(v, 0.0)) for v in ev.stats]
     return {"map": s[0], "map50": s[1], "map75": s[2],
             "map_small": s[3], "map_medium": s[4], "map_large": s[5]}
+
+
+def segm_results(image_id: int, masks: np.ndarray, scores, labels) -> list[dict[str, Any]]:
+    """COCO ``segm`` results of one image: binary masks [N, H, W] as compressed RLE (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for m, s, lab in zip(np.asarray(masks, dtype=np.uint8), scores, labels):
+        rle = mask_utils.encode(np.asfortranarray(m))
+        out.append({"image_id": int(image_id), "category_id": int(lab), "score": float(s), "segmentation": rle})
+    return out

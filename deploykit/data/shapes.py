@@ -8,6 +8,10 @@ tight box of the shape's pixels that remain visible in the final image, the
 area is the number of those pixels, and a shape that is mostly hidden (less
 than ``MIN_VISIBLE_FRACTION`` of its pixels visible) gets no annotation.
 
+Every annotation also carries its instance mask — exactly the shape's visible pixels — as a
+COCO ``segmentation`` (uncompressed run-length encoding, :func:`deploykit.runtime.masks.rle_encode`),
+so the same images train and evaluate Mask R-CNN (:func:`instance_masks` decodes them).
+
 Everything is driven by a ``numpy.random.Generator``: the same seed gives
 byte-identical images and identical annotations.
 """
@@ -22,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..runtime.masks import rle_decode, rle_encode
 
 CLASS_NAMES: list[str] = [
     "__background__",
@@ -46,6 +52,7 @@ __all__ = [
     "write_dataset",
     "load_coco_dataset",
     "coco_dict",
+    "instance_masks",
 ]
 
 
@@ -166,9 +173,9 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, An
 
     Returns ``(image, annotations)``: ``image`` is an HxWx3 uint8 RGB array and
     each annotation is ``{"bbox": [x, y, w, h], "category_id": int,
-    "area": float, "iscrowd": 0}`` with the box in pixel coordinates
-    (COCO convention: ``x, y`` top-left, the box covers pixels
-    ``x .. x+w-1``).
+    "area": float, "iscrowd": 0, "segmentation": RLE}`` with the box in pixel
+    coordinates (COCO convention: ``x, y`` top-left, the box covers pixels
+    ``x .. x+w-1``) and the visible pixels as an uncompressed COCO RLE.
     """
     while True:
         h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
@@ -220,7 +227,8 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, An
     m = np.asarray(mask)
     anns: list[dict[str, Any]] = []
     for inst, cls_id, full in objs:
-        ys, xs = np.nonzero(m == inst)
+        visible = m == inst
+        ys, xs = np.nonzero(visible)
         if len(xs) < MIN_VISIBLE_FRACTION * full or len(xs) == 0:
             continue
         bx0, by0 = int(xs.min()), int(ys.min())
@@ -230,6 +238,7 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, An
             "category_id": cls_id,
             "area": float(len(xs)),
             "iscrowd": 0,
+            "segmentation": rle_encode(visible),
         })
     return image, anns
 
@@ -237,6 +246,13 @@ def make_sample(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, An
 def sample_for_index(seed: int, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Image ``index`` of the dataset with ``seed`` (independent of the others)."""
     return make_sample(np.random.default_rng([int(seed), int(index)]))
+
+
+def instance_masks(anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """The annotations' instance masks, uint8 [N, height, width] of 0/1."""
+    if not anns:
+        return np.zeros((0, height, width), np.uint8)
+    return np.stack([rle_decode(a["segmentation"]) for a in anns])
 
 
 # ----------------------------------------------------------------------------- COCO
@@ -259,6 +275,7 @@ def coco_dict(samples, file_names=None) -> dict[str, Any]:
                 "bbox": [float(v) for v in a["bbox"]],
                 "area": float(a["area"]),
                 "iscrowd": int(a.get("iscrowd", 0)),
+                **({"segmentation": a["segmentation"]} if "segmentation" in a else {}),
             })
             ann_id += 1
     categories = [{"id": i, "name": n, "supercategory": "shape"}
@@ -308,6 +325,7 @@ def load_coco_dataset(directory: str | os.PathLike) -> tuple[list[str], list[lis
             "category_id": int(a["category_id"]),
             "area": float(a["area"]),
             "iscrowd": int(a.get("iscrowd", 0)),
+            **({"segmentation": a["segmentation"]} if "segmentation" in a else {}),
         })
     paths = [str(d / im["file_name"]) for im in images]
     return paths, [by_image[im["id"]] for im in images]

@@ -50,10 +50,14 @@ for _name, _size in [
     ("fasterrcnn_mobilenet_v3_large_fpn", (800, 800)),
     ("fasterrcnn_mobilenet_v3_large_320_fpn", (320, 320)),
     ("fasterrcnn_vgg16", (608, 608)),
+    ("maskrcnn_resnet50_fpn", (800, 800)),
+    ("maskrcnn_resnet50_fpn_v2", (800, 800)),
 ]:
     register(ModelEntry(_name, "detector", f".fasterrcnn:build_{_name}", _size))
 register(ModelEntry("fasterrcnn_demo", "detector", ".demo_detector:build_demo_detector", (320, 320),
                     bundled_checkpoint="fasterrcnn_demo.pt"))
+register(ModelEntry("maskrcnn_demo", "detector", ".demo_detector:build_demo_maskrcnn", (320, 320),
+                    bundled_checkpoint="maskrcnn_demo.pt"))
 for _cfg in ("coco", "ade20k", "cityscapes", "demo"):
     register(ModelEntry(f"spade_{_cfg}", "generator", ".spade:build_spade", None,
                         bundled_checkpoint="spade_demo.pt" if _cfg == "demo" else None,

@@ -1,8 +1,9 @@
-"""COCO box evaluation (pycocotools) of a torchvision-style detector.
+"""COCO evaluation (pycocotools) of a torchvision-style detector: boxes, and masks for Mask R-CNN.
 
 ``evaluate_coco(model, data)`` runs ``model([image_tensor])`` (eval mode, no
 grad) on every image and returns ``{"map": mAP@[.5:.95], "map50": mAP@.5,
-"map75": ..., "n_images": ..., "n_annotations": ...}``.
+"map75": ..., "n_images": ..., "n_annotations": ...}``; a model that outputs ``masks``
+(Mask R-CNN) adds ``mask_map``, ``mask_map50``, ``mask_map75`` (segm, masks > 0.5).
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ def evaluate_coco(model, data: str | os.PathLike | Sequence[tuple[np.ndarray, li
     import torch
 
     from ..data.shapes import coco_dict
-    from ..metrics import coco_metrics
+    from ..metrics import coco_metrics, segm_results
 
     samples = _load_samples(data)
     gt = coco_dict(samples)
     was_training = model.training
     model.eval()
     dets: list[dict[str, Any]] = []
+    segm: list[dict[str, Any]] = []
     try:
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
@@ -64,9 +66,15 @@ def evaluate_coco(model, data: str | os.PathLike | Sequence[tuple[np.ndarray, li
                         dets.append({"image_id": image_id, "category_id": int(lb),
                                      "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                                      "score": float(sc)})
+                    if "masks" in o:
+                        binary = (o["masks"][:, 0] > 0.5).numpy()
+                        segm.extend(segm_results(image_id, binary, o["scores"].tolist(), o["labels"].tolist()))
     finally:
         model.train(was_training)
     metrics = coco_metrics(gt, dets)
+    if segm or getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():
+        mask = coco_metrics(gt, segm, iou_type="segm")
+        metrics.update({f"mask_{k}": v for k, v in mask.items() if k in ("map", "map50", "map75")})
     metrics["n_images"] = len(samples)
     metrics["n_annotations"] = len(gt["annotations"])
     return metrics

@@ -1,10 +1,12 @@
-"""The demo detector: torchvision ``FasterRCNN`` with a small CNN + FPN backbone.
+"""The demo detectors: torchvision ``FasterRCNN`` / ``MaskRCNN`` with a small CNN + FPN backbone.
 
 Same graph structure as torchvision's FPN detectors (``BackboneWithFPN``
 feature dict with keys ``'0'..'3', 'pool'``, five anchor levels × three
 aspect ratios, ``MultiScaleRoIAlign`` over ``'0'..'3'``, ``TwoMLPHead`` +
 ``FastRCNNPredictor``), but small enough to train from scratch on a CPU on
-the synthetic shapes dataset (:mod:`deploykit.data.shapes`).
+the synthetic shapes dataset (:mod:`deploykit.data.shapes`). ``maskrcnn_demo`` adds torchvision's
+mask head (``MultiScaleRoIAlign`` 14×14 over '0'..'3', four 3×3 convs, a 2× transposed conv and
+per-class 28×28 mask logits) at the FPN's width.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -97,3 +100,26 @@ def build_demo_detector(num_classes: int = len(CLASS_NAMES), min_size: int = 320
         kwargs["box_predictor"] = FastRCNNPredictor(REPRESENTATION_SIZE, num_classes)
         num_classes = None  # FasterRCNN requires num_classes=None with a box_predictor
     return FasterRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+MASK_HEAD_LAYERS = (64, 64, 64, 64)
+
+
+def build_demo_maskrcnn(num_classes: int = len(CLASS_NAMES), min_size: int = 320,
+                        max_size: int = 320, **kwargs) -> MaskRCNN:
+    """Build the (untrained) demo Mask R-CNN: the demo Faster R-CNN's parts (same names, so its
+    weights load into them) plus torchvision's mask head. ``kwargs`` go to ``MaskRCNN``."""
+    backbone = SmallBackboneWithFPN()
+    kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(sizes=ANCHOR_SIZES,
+                                                              aspect_ratios=(ASPECT_RATIOS,) * len(ANCHOR_SIZES)))
+    kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                                         sampling_ratio=2))
+    kwargs.setdefault("box_head", TwoMLPHead(backbone.out_channels * 7 * 7, REPRESENTATION_SIZE))
+    kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=14,
+                                                          sampling_ratio=2))
+    kwargs.setdefault("mask_head", MaskRCNNHeads(backbone.out_channels, MASK_HEAD_LAYERS, dilation=1))
+    if kwargs.get("box_predictor") is None:
+        kwargs["box_predictor"] = FastRCNNPredictor(REPRESENTATION_SIZE, num_classes)
+    if kwargs.get("mask_predictor") is None:
+        kwargs["mask_predictor"] = MaskRCNNPredictor(MASK_HEAD_LAYERS[-1], MASK_HEAD_LAYERS[-1], num_classes)
+    return MaskRCNN(backbone, num_classes=None, min_size=min_size, max_size=max_size, **kwargs)

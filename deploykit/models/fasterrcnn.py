@@ -1,7 +1,8 @@
-"""Faster R-CNN reference models: torchvision's architectures and the paper's VGG-16 setting.
+"""Faster R-CNN and Mask R-CNN reference models: torchvision's architectures and the paper's VGG-16 setting.
 
-Every builder returns an unmodified ``torchvision.models.detection.FasterRCNN``
-(torchvision's own forward), so it is the reference parity is measured against.
+Every builder returns an unmodified ``torchvision.models.detection.FasterRCNN`` (or its subclass
+``MaskRCNN``: the same transform, backbone, RPN and box head plus a mask head), with torchvision's
+own forward, so it is the reference parity is measured against.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torchvision.models.detection import (
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -80,9 +83,11 @@ build_fasterrcnn_resnet50_fpn_v2 = _torchvision(fasterrcnn_resnet50_fpn_v2)
 build_fasterrcnn_mobilenet_v3_large_fpn = _torchvision(fasterrcnn_mobilenet_v3_large_fpn)
 build_fasterrcnn_mobilenet_v3_large_320_fpn = _torchvision(fasterrcnn_mobilenet_v3_large_320_fpn)
 build_fasterrcnn_vgg16 = fasterrcnn_vgg16
+build_maskrcnn_resnet50_fpn = _torchvision(maskrcnn_resnet50_fpn)
+build_maskrcnn_resnet50_fpn_v2 = _torchvision(maskrcnn_resnet50_fpn_v2)
 
 
 def num_classes_in(state_dict: dict) -> int | None:
-    """Number of classes (background included) a Faster R-CNN state dict was trained for."""
+    """Number of classes (background included) a Faster R-CNN / Mask R-CNN state dict was trained for."""
     w = state_dict.get("roi_heads.box_predictor.cls_score.weight")
     return None if w is None else int(w.shape[0])

@@ -1,7 +1,14 @@
-"""Train the demo detector (``fasterrcnn_demo``) from scratch on synthetic shapes.
+"""Train a demo detector (``fasterrcnn_demo`` or ``maskrcnn_demo``) on synthetic shapes.
 
     python -m deploykit.models.train_demo_detector \\
         --out deploykit/models/checkpoints/fasterrcnn_demo.pt --seed 0
+    python -m deploykit.models.train_demo_detector --model maskrcnn_demo \\
+        --init-from deploykit/models/checkpoints/fasterrcnn_demo.pt \\
+        --out deploykit/models/checkpoints/maskrcnn_demo.pt --seed 0
+
+``--init-from`` starts from another checkpoint's weights where names and shapes match (the
+Mask R-CNN demo shares the Faster R-CNN demo's backbone, RPN and box head; its mask head starts
+from torchvision's initialisation); the report says how many tensors were taken.
 
 Training images are generated on the fly: image ``i`` is
 ``sample_for_index(seed, i)``, so the stream is fixed by the seed and never
@@ -26,20 +33,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.shapes import CLASS_NAMES, sample_for_index
+from ..data.shapes import CLASS_NAMES, instance_masks, sample_for_index
 from ..fileio import atomic_path, sha256_file, write_json_atomic
 from .coco_eval import evaluate_coco
-from .demo_detector import build_demo_detector
+from .demo_detector import build_demo_detector, build_demo_maskrcnn
+
+BUILDERS = {"fasterrcnn_demo": build_demo_detector, "maskrcnn_demo": build_demo_maskrcnn}
 
 # Training-only sampling settings (not part of the checkpoint).
 TRAIN_KWARGS = dict(rpn_batch_size_per_image=256, box_batch_size_per_image=128)
 
 
-def _to_target(anns) -> dict[str, torch.Tensor]:
+def _to_target(anns, shape: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+    """torchvision's training target; with the image ``shape``, the instance masks too."""
     b = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
     b[:, 2:] += b[:, :2]
     labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-    return {"boxes": b, "labels": labels}
+    target = {"boxes": b, "labels": labels}
+    if shape is not None:
+        target["masks"] = torch.from_numpy(instance_masks(anns, shape[0], shape[1]))
+    return target
+
+
+def _init_from(model: torch.nn.Module, path: str) -> dict[str, int]:
+    """Copy the tensors of checkpoint ``path`` whose names and shapes match ``model``'s."""
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    taken = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(taken, strict=False)
+    return {"taken": len(taken), "model_tensors": len(own), "source_tensors": len(source)}
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -56,7 +78,11 @@ def _lr_factor(progress: float, it: int, warmup: int, final: float) -> float:
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = build_demo_detector(**TRAIN_KWARGS)
+    model = BUILDERS[args.model](**TRAIN_KWARGS)
+    init = _init_from(model, args.init_from) if args.init_from else None
+    if init:
+        print(f"init from {args.init_from}: {init['taken']} of {init['model_tensors']} tensors", flush=True)
+    with_masks = args.model.startswith("maskrcnn")
     model.train()
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -91,7 +117,7 @@ def train(args) -> dict:
             pending = [pending[k] for k in np.random.default_rng([args.seed, img_index]).permutation(len(pending))]
         batch = pending.pop()
         images = [_to_tensor(img) for img, _ in batch]
-        targets = [_to_target(anns) for _, anns in batch]
+        targets = [_to_target(anns, img.shape if with_masks else None) for img, anns in batch]
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -114,12 +140,16 @@ def train(args) -> dict:
             log.append({"iter": it, "elapsed_s": round(time.time() - t0, 1), "loss_avg": round(smooth, 4)})
     wall = time.time() - t0
     print(f"training done: {it} iterations, {img_index} images, {wall:.1f}s", flush=True)
-    return {"model": model, "iterations": it, "images_seen": img_index, "train_wall_s": wall, "log": log}
+    return {"model": model, "iterations": it, "images_seen": img_index, "train_wall_s": wall, "log": log,
+            "init": init}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m deploykit.models.train_demo_detector",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(BUILDERS), default="fasterrcnn_demo", help="which demo detector")
+    p.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's tensors where names and shapes match")
     p.add_argument("--out", default="deploykit/models/checkpoints/fasterrcnn_demo.pt",
                    help="checkpoint path (state dict); a .json report is written beside it")
     p.add_argument("--seed", type=int, default=0, help="training data and init seed (default 0)")
@@ -160,6 +190,9 @@ def main(argv=None) -> int:
     metrics = evaluate_coco(model, heldout)
     eval_s = time.time() - t_eval
     print(f"held-out mAP@[.5:.95] {metrics['map']:.4f}  mAP@.5 {metrics['map50']:.4f}  ({eval_s:.1f}s)", flush=True)
+    if "mask_map" in metrics:
+        print(f"held-out mask mAP@[.5:.95] {metrics['mask_map']:.4f}  mask mAP@.5 {metrics['mask_map50']:.4f}",
+              flush=True)
     if args.no_save:
         return 0
 
@@ -168,17 +201,19 @@ def main(argv=None) -> int:
     with atomic_path(out) as tmp:
         torch.save(model.state_dict(), tmp)
     # Round-trip check: the file must load with weights_only=True, strictly.
-    check = build_demo_detector()
+    check = BUILDERS[args.model]()
     check.load_state_dict(torch.load(out, weights_only=True), strict=True)
 
     report = {
-        "model": "fasterrcnn_demo",
+        "model": args.model,
         "checkpoint": out.name,
         "checkpoint_sha256": sha256_file(out),
         "checkpoint_bytes": out.stat().st_size,
         "class_names": CLASS_NAMES,
         "command": command,
         "seed": args.seed,
+        "init_from": ({"checkpoint": Path(args.init_from).name, "sha256": sha256_file(args.init_from),
+                       **result["init"]} if args.init_from else None),
         "train_data": {"generator": "deploykit.data.shapes.sample_for_index",
                        "seed": args.seed, "images_seen": result["images_seen"]},
         "iterations": result["iterations"],
