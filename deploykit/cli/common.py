@@ -108,3 +108,13 @@ def finish_check(console, what: str, report: dict, json_out) -> None:
 
 def fmt(x: float) -> str:
     return "inf" if x == float("inf") else f"{x:.3g}"
+
+
+def parse_threshold(value: str) -> float | None:
+    """``--mask-threshold``: a number in [0, 1), or ``none`` for probabilities."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadInput(expected_got("--mask-threshold", "a number in [0, 1) or 'none'", repr(value))) from None

@@ -1,4 +1,4 @@
-"""Faster R-CNN -> ONNX detector graph + manifest."""
+"""Faster R-CNN and Mask R-CNN -> ONNX detector graph + manifest."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from ..errors import BadInput, expected_got
 from ..fileio import sha256_file
 from ..manifest import write_manifest
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
+from .detection.mask_paste import attach_paste
+from .detection.mask_rcnn import (DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES,
+                                   ExportableMaskRCNN)
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
 from .rules import check_graph
@@ -37,6 +40,8 @@ def _tensor_specs(model, names: list[str], dynamic: bool) -> list[dict[str, Any]
 DEFAULT_IMAGE_RANGE = ((32, 32), (4096, 4096))  # pixels-in graphs: smallest and largest (h, w) accepted
 DEFAULT_OPT_IMAGE = (720, 1280)  # the TensorRT profile's opt shape unless given (an HD frame)
 INPUTS = ("tensor", "image")
+MASK_FORMS = ("pasted", "compact", "both")  # Mask R-CNN: image-size masks, M×M masks + paste boxes, or both
+MAX_PASTED_ELEMENTS = 2**31 - 1  # TensorRT's largest tensor volume; B × K × h × w of the pasted masks
 
 
 def _check_options(input: str, input_size, batch: int, dynamic_batch, score_threshold, nms_iou,
@@ -101,6 +106,9 @@ def export_detector(
     model_info: dict[str, Any] | None = None,
     class_names: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    masks: str = "pasted",
+    mask_threshold: float | None = 0.5,
+    debug_outputs: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (any torchvision ``FasterRCNN``) to ``out_path``; write its manifest; return it.
 
@@ -118,11 +126,21 @@ def export_detector(
     ``image_size_range`` and does the resize, normalisation, padding and the rescale of the
     boxes to the original image inside (see :mod:`deploykit.export.detection.pixels_in`).
     ``input="tensor"``: the graph takes the preprocessed ``images`` and ``image_sizes``.
+
+    A torchvision ``MaskRCNN`` (pixels-in only) adds its masks in the original image's pixels
+    (docs/detector.md, "Masks"): ``masks="pasted"`` gives ``masks`` [B, K, h, w] — uint8 0/1 where
+    the probability exceeds ``mask_threshold``, or float32 probabilities with ``mask_threshold=None``;
+    ``"compact"`` gives ``mask_probs`` [B, K, M, M] and ``mask_boxes`` int32 [B, K, 4] for the
+    runtime's paste (:mod:`deploykit.runtime.masks`); ``"both"`` gives all three.
+    ``debug_outputs`` (Mask R-CNN) adds ``boxes_network`` and ``mask_logits`` for raw parity.
     """
     say = progress or (lambda msg: None)
     _check_options(input, input_size, batch, dynamic_batch, score_threshold, nms_iou, max_detections)
     dynamic = input_size is None
     pixels = input == "image"
+    with_masks = isinstance(model, MaskRCNN)
+    if with_masks:
+        _check_mask_options(input, raw, masks, mask_threshold)
     if raw and pixels and not dynamic:
         raise BadInput(expected_got("--raw", "a tensor-input or dynamic graph", "--input image with --input-size"))
     t = model.transform
@@ -137,13 +155,19 @@ def export_detector(
             "resize; anchors from the feature-map shapes)")
     else:
         say(f"building the export graph for the {canvas[0]}x{canvas[1]} canvas (anchors baked for this size)")
-    wrapper = ExportableFasterRCNN(model, canvas, max_detections=max_detections, score_threshold=score_threshold,
-                                   nms_iou=nms_iou, raw=raw, emulate_padding=emulate_padding and not dynamic,
-                                   rescale_boxes=pixels and not raw).eval()
+    common = dict(max_detections=max_detections, score_threshold=score_threshold, nms_iou=nms_iou,
+                  emulate_padding=emulate_padding and not dynamic)
+    if with_masks:
+        wrapper = ExportableMaskRCNN(model, canvas, debug_outputs=debug_outputs, **common).eval()
+        _check_pasted_volume(masks, wrapper.max_detections, dynamic_batch or batch, image_range)
+    else:
+        wrapper = ExportableFasterRCNN(model, canvas, raw=raw, rescale_boxes=pixels and not raw, **common).eval()
     d = wrapper.size_divisible
     b = max(batch, 2) if dynamic_batch is not None else batch
     names = list(INPUT_NAMES) + (["original_sizes"] if pixels else [])
     outputs = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
+    if with_masks:
+        outputs = OUTPUT_NAMES + MASK_OUTPUT_NAMES + (DEBUG_OUTPUT_NAMES if debug_outputs else [])
     if dynamic:
         top = -(-max_size // d)  # padded sides are at most max_size rounded up to size_divisible
         ex_h, ex_w = min(8, top), min(7, top)
@@ -169,7 +193,13 @@ def export_detector(
                           min_size=min_size if dynamic else None, max_size=max_size if dynamic else None,
                           canvas=canvas, batch="batch" if dynamic_batch else batch, opset=opset)
         onnx_model = attach_front_end(front, onnx_model)
-        check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not raw)
+        if with_masks and masks != "compact":
+            say("adding the mask paste (image-size masks, two matrix products per detection)")
+            onnx_model = attach_paste(onnx_model, mask_size=wrapper.mask_size, threshold=mask_threshold,
+                                      keep_compact=masks == "both")
+        if with_masks and debug_outputs:
+            onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
+        check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs))
     save_model(onnx_model, out_path)
     dyn = dynamic_batch is not None
     info = dict(model_info or {"name": type(model).__name__, "checkpoint": None, "checkpoint_sha256": None,
@@ -207,7 +237,7 @@ def export_detector(
         "kind": "detector",
         "model": info,
         "inputs": _tensor_specs(onnx_model, ["image"] if pixels else list(INPUT_NAMES), dyn),
-        "outputs": _tensor_specs(onnx_model, outputs, dyn),
+        "outputs": _tensor_specs(onnx_model, [o.name for o in onnx_model.graph.output], dyn),
         "batch": {"dynamic": dyn, "min": 1, "opt": 1 if dyn else batch, "max": int(dynamic_batch) if dyn else batch},
         "preprocessing": preprocessing,
         "postprocessing": {
@@ -221,12 +251,53 @@ def export_detector(
             "rpn": {"pre_nms_top_n": wrapper.rpn_pre_nms, "post_nms_top_n": wrapper.rpn_post_nms,
                     "nms_iou": wrapper.rpn_nms_thresh, "score_threshold": wrapper.rpn_score_thresh},
             "anchors": "from the feature-map shapes" if dynamic else int(wrapper.anchors.shape[0]),
+            **({"masks": _mask_section(wrapper, masks, mask_threshold, image_range)} if with_masks else {}),
         },
         "class_names": class_names or ["__background__"] + [f"class_{i}" for i in range(1, wrapper.num_classes)],
         "precision": {"mode": "fp32"},
         "versions": versions(opset),
     }
     return json.loads(write_manifest(out_path, manifest).read_text())
+
+
+def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | None) -> None:
+    if input != "image":
+        raise BadInput(expected_got("--input for a Mask R-CNN", "'image' (masks are made in the original image's "
+                                    "pixels, which a tensor-input graph does not know)", repr(input)))
+    if raw:
+        raise BadInput(expected_got("--raw", "a Faster R-CNN (Mask R-CNN raw parity uses the Python API's "
+                                    "debug_outputs)", "a Mask R-CNN"))
+    if masks not in MASK_FORMS:
+        raise BadInput(expected_got("--masks", " or ".join(map(repr, MASK_FORMS)), repr(masks)))
+    if threshold is not None and not 0.0 <= threshold < 1.0:
+        raise BadInput(expected_got("--mask-threshold", "a value in [0, 1) or 'none' (probabilities)", threshold))
+
+
+def _check_pasted_volume(masks: str, k: int, batch: int, image_range: dict[str, list[int]]) -> None:
+    """The pasted masks of the largest batch of the largest accepted images must fit one TensorRT tensor."""
+    if masks == "compact":
+        return
+    h, w = image_range["max"]
+    volume = batch * k * h * w
+    if volume > MAX_PASTED_ELEMENTS:
+        raise BadInput(expected_got(
+            "pasted masks", f"at most {MAX_PASTED_ELEMENTS} elements (batch x max detections x image pixels)",
+            f"{batch} x {k} x {h}x{w} = {volume}; lower --max-detections, --dynamic-batch or --image-size-range, "
+            "or export --masks compact"))
+
+
+def _mask_section(wrapper, masks: str, threshold: float | None, image_range: dict[str, list[int]]) -> dict:
+    """The manifest's ``postprocessing.masks``: form, sizes, threshold and the pasted form's memory."""
+    k = wrapper.max_detections
+    itemsize = 4 if threshold is None else 1
+    section = {"form": masks, "mask_size": wrapper.mask_size, "threshold": threshold,
+               "paste": "torchvision paste_masks_in_image (docs/detector.md, Masks; deploykit.runtime.masks)"}
+    if masks != "compact":
+        h, w = image_range["max"]
+        section.update({"dtype": "float32" if threshold is None else "uint8",
+                        "bytes_per_image_pixel": k * itemsize,
+                        "bytes_at_max_image": k * itemsize * h * w})
+    return section
 
 
 def attach_front_end(front: "onnx.ModelProto", net: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -251,6 +322,16 @@ def attach_front_end(front: "onnx.ModelProto", net: "onnx.ModelProto") -> "onnx.
     return onnx.shape_inference.infer_shapes(merged, data_prop=True)
 
 
+def expose_outputs(model: "onnx.ModelProto", names: list[str]) -> "onnx.ModelProto":
+    """Add the intermediate tensors ``names`` as graph outputs (their inferred types and shapes)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    known = {vi.name: vi for vi in inferred.graph.value_info}
+    model.graph.output.extend(known[n] for n in names)
+    return model
+
+
 def model_info(name: str, checkpoint: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
@@ -263,7 +344,7 @@ def model_info(name: str, checkpoint: Path | None, overrides: dict[str, Any]) ->
 def detector_class_names(name: str, net) -> list[str]:
     """Class names for a registered detector: demo shapes, COCO for 91-class models, else generic."""
     n = int(net.roi_heads.box_predictor.cls_score.out_features)
-    if name == "fasterrcnn_demo":
+    if name in ("fasterrcnn_demo", "maskrcnn_demo"):
         from ..data.shapes import CLASS_NAMES
 
         if len(CLASS_NAMES) == n:

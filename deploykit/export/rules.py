@@ -46,6 +46,9 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
     ``tensorrt``: include the TensorRT-readiness rules (on by default; custom-domain
     graphs allowed by ``allowed_domains`` are meant for plugins and skip them).
     ``static_outputs=False``: outputs may have dynamic axes (raw tensors of a dynamic graph).
+    Otherwise an output dimension is static, the batch (``dynamic_batch``), or one of the graph
+    inputs' own symbolic dimensions (e.g. the image's ``height``/``width`` for image-size masks):
+    derived from the input shapes, never from data.
     """
     problems: list[str] = []
     try:
@@ -74,6 +77,7 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
                 dims = _dims(known[out])
                 if dims is None:
                     problems.append(f"{where}: output {out!r} has no inferred shape")
+    input_dims = {d for i in g.input for d in (_dims(i) or []) if isinstance(d, str)}
     for o in g.output:
         dims = _dims(o)
         if dims is None:
@@ -82,7 +86,7 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
         for i, d in enumerate(dims):
             if isinstance(d, int):
                 continue
-            if (i == 0 and dynamic_batch) or not static_outputs:
+            if (i == 0 and dynamic_batch) or not static_outputs or (i > 0 and d in input_dims):
                 continue
             problems.append(f"graph output {o.name!r}: dimension {i} is {d!r}, expected a static size")
     if tensorrt and not allowed_domains:

@@ -128,7 +128,9 @@ def _detector_eligible(node: onnx.NodeProto, module: str) -> bool:
     # produce the scores that are compared with thresholds and the deltas that
     # become coordinates: FP32. They are 1x1 convs / small FCs, and the RPN
     # objectness conv measured as the most INT8-sensitive layer of every detector.
-    return module.startswith(("backbone", "rpn_head.conv", "box_head"))
+    # Mask R-CNN: the mask head's convs and the predictor's upsampling deconv are features;
+    # its 1x1 class-logit conv, the RoiAlign before it and the paste (no module) stay FP32.
+    return module.startswith(("backbone", "rpn_head.conv", "box_head", "mask_head", "mask_predictor.conv5_mask"))
 
 
 GENERATOR_EXTRA_OPS = {"Gather", "ReduceSum"}  # the first SPADE conv, exported as table look-ups + sum
@@ -147,9 +149,10 @@ def _generator_eligible(node: onnx.NodeProto, module: str) -> bool:
 
 def policy_for(kind: str) -> Policy:
     if kind == "detector":
-        return Policy(kind, "detector: backbone, FPN, RPN shared conv and box-head fc6/fc7 in reduced precision; "
-                      "predictors (objectness, class scores, box deltas), anchors, decoding, clipping, RoiAlign, "
-                      "NMS, score thresholds and squeeze-excitation FCs FP32", _detector_eligible)
+        return Policy(kind, "detector: backbone, FPN, RPN shared conv, box-head fc6/fc7 and mask-head convs in "
+                      "reduced precision; predictors (objectness, class scores, box deltas, mask logits), anchors, "
+                      "decoding, clipping, RoiAlign, NMS, score thresholds, the mask paste and squeeze-excitation FCs "
+                      "FP32", _detector_eligible)
     if kind == "generator":
         return Policy(kind, "generator: convolutions and activations in reduced precision; normalisation "
                       "statistics (param_free_norm) and label-map look-ups FP32; AutoCast keeps nodes whose "

@@ -47,14 +47,18 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def rescale_to_original(boxes: Tensor, resized: Tensor, original: Tensor) -> Tensor:
-    """torchvision's ``transform.postprocess``: boxes [B, K, 4] from resized to original pixels.
+def scale_to_original(boxes: Tensor, resized: Tensor, original: Tensor) -> Tensor:
+    """torchvision's ``resize_boxes``: boxes [B, K, 4] from resized to original pixels, unclipped.
 
-    x is multiplied by ``original_w / resized_w`` and y by ``original_h / resized_h`` (float32,
-    as ``resize_boxes``), then clamped to the original image (the scaled clip of torchvision
-    can exceed it by a rounding ulp). ``resized``, ``original``: [B, 2] = (height, width).
+    x is multiplied by ``original_w / resized_w`` and y by ``original_h / resized_h`` (float32).
+    ``resized``, ``original``: [B, 2] = (height, width).
     """
     ratio = original / resized  # [B, 2] (h, w)
     rh, rw = ratio[:, 0:1], ratio[:, 1:2]
-    scaled = torch.stack((boxes[..., 0] * rw, boxes[..., 1] * rh, boxes[..., 2] * rw, boxes[..., 3] * rh), dim=-1)
-    return clip_to_sizes(scaled, original)
+    return torch.stack((boxes[..., 0] * rw, boxes[..., 1] * rh, boxes[..., 2] * rw, boxes[..., 3] * rh), dim=-1)
+
+
+def rescale_to_original(boxes: Tensor, resized: Tensor, original: Tensor) -> Tensor:
+    """torchvision's ``transform.postprocess`` for boxes: :func:`scale_to_original`, then clamped to the
+    original image (the scaled clip of torchvision can exceed it by a rounding ulp)."""
+    return clip_to_sizes(scale_to_original(boxes, resized, original), original)

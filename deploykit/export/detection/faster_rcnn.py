@@ -332,8 +332,13 @@ class ExportableFasterRCNN(nn.Module):
         if self.raw:
             return (all_obj, all_props, proposals, proposal_valid.to(torch.int32),
                     class_logits.reshape(b, p, -1), box_regression.reshape(b, p, -1))
-        num, boxes, scores, labels = self._detections(class_logits, box_regression, proposals, proposal_valid,
-                                                      image_sizes)
+        detections = self._detections(class_logits, box_regression, proposals, proposal_valid, image_sizes)
+        return self._outputs(feats, padded, detections, image_sizes, original_sizes)
+
+    def _outputs(self, feats: "OrderedDict[str, Tensor]", padded: Tensor | None, detections: tuple,
+                 image_sizes: Tensor, original_sizes: Tensor | None) -> tuple:
+        """The graph's outputs from the detections (boxes in network-input pixels); subclasses add heads."""
+        num, boxes, scores, labels = detections
         if self.rescale_boxes:
             boxes = rescale_to_original(boxes, image_sizes, original_sizes)
         return num, boxes, scores, labels

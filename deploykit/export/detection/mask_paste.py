@@ -1,0 +1,108 @@
+"""The mask paste written in ONNX: image-size masks in the original pixels, no ``Loop``, no ``If``.
+
+torchvision pastes each mask with a Python loop (``paste_masks_in_image``; its ONNX export is a
+``Loop``). Here the rule of :mod:`deploykit.runtime.masks` becomes two batched matrix products
+per detection: bilinear resampling is separable, so with ``Wy`` [h, M+2] and ``Wx`` [w, M+2]
+holding each output row's and column's two bilinear taps (zero outside the detection's
+integer box, which also clips it to the image),
+
+    pasted = Wy · padded_mask · Wxᵀ      ([h, M+2] · [M+2, M+2] · [M+2, w])
+
+with the taps computed in float32 as PyTorch's ``align_corners=False`` resize computes them
+(source ``max(ratio·(j + 0.5) - 0.5, 0)``, ``ratio = (M+2) / box side``). The column product
+comes first, as PyTorch interpolates along a row before between rows.
+
+The image's height and width are taken from the front end's float pixels (the uint8 ``image``
+only feeds a ``Cast``), so the ``masks`` output's spatial dims are the input's own (``height``,
+``width``): no data-dependent shape. Memory: the output is K·h·w per image (uint8 binary masks,
+or float32 probabilities without a threshold) and the product before it K·h·w float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .pixels_in import _Builder
+
+OUTPUT_NAME = "masks"
+
+
+def _coordinates(g: _Builder, pixels: str, axis: int) -> str:
+    """Row (``axis=1``) or column (``axis=2``) indices 0..n-1 of ``pixels`` [B, h, w, 3] as float [B, 1, n]."""
+    plane = g.op("Gather", pixels, g.const(0, shape=()), axis=3)  # [B, h, w]
+    line = g.op("Gather", plane, g.const(0, shape=()), axis=3 - axis)  # [B, h] or [B, w]
+    ones = g.op("Add", g.op("Mul", line, g.const(0.0, np.float32, ())), g.const(1.0, np.float32, ()))
+    index = g.op("Sub", g.op("CumSum", ones, g.const(1, shape=())), g.const(1.0, np.float32, ()))
+    return g.op("Unsqueeze", index, g.const([1]), hint="coordinates")
+
+
+def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int) -> str:
+    """Bilinear weights [B, K, n, M+2] of output pixels ``coords`` [B, 1, n] for boxes ``first..last`` [B, K, 1]."""
+    f32 = lambda v: g.const(v, np.float32, ())  # noqa: E731
+    side = g.op("Max", g.op("Add", g.op("Sub", last, first), f32(1.0)), f32(1.0))
+    ratio = g.op("Div", f32(float(padded_size)), side)
+    local = g.op("Sub", coords, first)  # [B, K, n]
+    src = g.op("Max", g.op("Sub", g.op("Mul", ratio, g.op("Add", local, f32(0.5))), f32(0.5)), f32(0.0))
+    i0 = g.op("Min", g.op("Floor", src), f32(float(padded_size - 1)))
+    lam1 = g.op("Clip", g.op("Sub", src, i0), f32(0.0), f32(1.0))
+    lam0 = g.op("Sub", f32(1.0), lam1)
+    i1 = g.op("Where", g.op("Less", i0, f32(float(padded_size - 1))), g.op("Add", i0, f32(1.0)), i0)
+    inside = g.op("And", g.op("GreaterOrEqual", coords, first), g.op("LessOrEqual", coords, last))
+    grid = g.const(np.arange(padded_size), np.float32, (padded_size,))
+    zero = f32(0.0)
+    w0 = g.op("Where", g.op("Equal", g.op("Unsqueeze", i0, g.const([-1])), grid),
+              g.op("Unsqueeze", lam0, g.const([-1])), zero)
+    w1 = g.op("Where", g.op("Equal", g.op("Unsqueeze", i1, g.const([-1])), grid),
+              g.op("Unsqueeze", lam1, g.const([-1])), zero)
+    return g.op("Where", g.op("Unsqueeze", inside, g.const([-1])), g.op("Add", w0, w1), zero, hint="taps")
+
+
+def paste_nodes(probs: str, corners: str, pixels: str, *, mask_size: int, threshold: float | None
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing ``masks`` [B, K, h, w] from ``probs`` [B, K, M, M], ``corners`` int32 [B, K, 4] and the
+    float pixels [B, h, w, 3]: uint8 0/1 (``probability > threshold``) or float32 probabilities (None)."""
+    g = _Builder("paste/")
+    padded = g.op("Pad", probs, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0.0, np.float32, ()), mode="constant")
+    box = g.op("Cast", corners, to=TensorProto.FLOAT)
+    x0, y0, x1, y1 = (g.op("Slice", box, g.const([i]), g.const([i + 1]), g.const([2])) for i in range(4))
+    size = mask_size + 2
+    cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size)  # [B, K, w, M+2]
+    rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size)  # [B, K, h, M+2]
+    along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, K, M+2, w]
+    pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
+    if threshold is None:
+        g.nodes.append(helper.make_node("Identity", [pasted], [OUTPUT_NAME], name="paste/masks"))
+    else:
+        above = g.op("Greater", pasted, g.const(float(threshold), np.float32, ()))
+        g.nodes.append(helper.make_node("Cast", [above], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
+    return g.nodes, g.initializers
+
+
+def float_pixels(model: onnx.ModelProto) -> str:
+    """The front end's float copy of the uint8 ``image`` (the output of the ``Cast`` it feeds)."""
+    for node in model.graph.node:
+        if node.op_type == "Cast" and list(node.input) == ["image"]:
+            return node.output[0]
+    raise ValueError("the pixels-in front end has no Cast of 'image' to read the image's shape from")
+
+
+def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | None, keep_compact: bool
+                 ) -> onnx.ModelProto:
+    """``model`` (pixels-in, with ``mask_probs`` and ``mask_boxes`` outputs) plus the ``masks`` output;
+    ``keep_compact=False`` drops the compact outputs (they stay internal tensors)."""
+    nodes, inits = paste_nodes("mask_probs", "mask_boxes", float_pixels(model), mask_size=mask_size,
+                               threshold=threshold)
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    elem = TensorProto.FLOAT if threshold is None else TensorProto.UINT8
+    image = next(i for i in model.graph.input if i.name == "image")
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    probs = next(o for o in model.graph.output if o.name == "mask_probs")
+    k = probs.type.tensor_type.shape.dim[1].dim_value
+    out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [dims[0], k, dims[1], dims[2]])
+    outputs = [o for o in model.graph.output if keep_compact or o.name not in ("mask_probs", "mask_boxes")]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs + [out])
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
