@@ -88,6 +88,11 @@ def parity_cmd(artifact, images_dir, label_maps_dir, instances_dir, json_out, th
         console.print(f"detections: {v['matched']} matched, {v['unmatched_reference']} reference and "
                       f"{v['unmatched_artifact']} artifact detections without a partner; {bad} of {v['images']} "
                       f"images fail; min IoU {v['min_iou']:.6f}, max |Δscore| {v['max_score_diff']:.2e}", markup=False)
+        if "masks_compared" in v:
+            probs = ("" if v["max_mask_prob_diff"] is None
+                     else f", max |Δ mask probability| {v['max_mask_prob_diff']:.2e}")
+            console.print(f"masks: {v['masks_compared']} matched pairs compared, min mask IoU {v['min_mask_iou']:.6f} "
+                          f"(tolerance {v['tolerances']['mask_iou']}){probs}", markup=False)
     else:
         psnr = "inf (identical)" if v["min_psnr_db"] is None else f"{v['min_psnr_db']:.1f} dB"
         console.print(f"images: {v['images']}, max |Δ| {v['max_abs']:.2e} (tolerance {v['tolerance']:.0e}), "
@@ -184,7 +189,10 @@ def eval_cmd(artifact, data, samples, json_out, threads, quiet):
     if r["kind"] == "detector":
         for col in ("metric", "artifact", "PyTorch", "drop (points)"):
             table.add_column(col, justify="left" if col == "metric" else "right")
-        for key, label in (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5")):
+        for key, label in (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("mask_map", "mask mAP@[.5:.95]"),
+                           ("mask_map50", "mask mAP@.5")):
+            if key not in r["artifact"]:
+                continue
             table.add_row(label, f"{100 * r['artifact'][key]:.2f}", f"{100 * r['reference'][key]:.2f}",
                           f"{r['drop'][key]:+.2f}")
     else:

@@ -37,8 +37,8 @@ def demo_cmd(output_dir, images, eval_images, eval_label_maps, calib_samples, ro
     """
     from rich.console import Console
 
-    from ..demo.run import run_demo
     from ..demo.precision import summary_table
+    from ..demo.run import run_demo
 
     summary = run_demo(output_dir, n_images=images, eval_images=eval_images, spade_eval_images=eval_label_maps,
                        calib_samples=calib_samples, rounds=rounds, threads=threads, echo=click.echo)

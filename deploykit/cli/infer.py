@@ -25,8 +25,8 @@ from .common import command
 def infer_cmd(artifact, inputs, output_dir, min_score, instances, resize, threads, server, timeout):
     """Run ARTIFACT (an exported .onnx with its manifest) on images or label maps.
 
-    Detector: writes `<stem>.json` (boxes in original-image pixels, scores, labels) and
-    `<stem>.png` (boxes drawn) per image. SPADE: writes `<stem>.png`, the generated image.
+    Detector: writes `<stem>.json` (boxes in original-image pixels, scores, labels; Mask R-CNN:
+    each mask as COCO RLE in `segmentation`) and `<stem>.png` (boxes and masks drawn) per image. SPADE: writes `<stem>.png`, the generated image.
     With --server URL the model runs on a Triton server (same answers as the local runtime).
     """
     model = None

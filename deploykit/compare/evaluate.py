@@ -1,6 +1,7 @@
 """``deploykit eval ARTIFACT``: task accuracy of an artifact next to its FP32 PyTorch reference.
 
-Detectors: COCO mAP@[.5:.95] and mAP@.5 (pycocotools) of the artifact, run through
+Detectors: COCO mAP@[.5:.95] and mAP@.5 (pycocotools; Mask R-CNN: also the masks' segm mAP,
+``mask_map``/``mask_map50``, masks binarised at 0.5) of the artifact, run through
 :class:`deploykit.runtime.Detector`, and of the PyTorch reference rebuilt from the
 manifest, on the same images in the same run; ``drop`` is reference − artifact in
 points (×100). Data: a COCO directory (``annotations.json`` + the images it names),
@@ -34,7 +35,7 @@ import numpy as np
 from ..data.coco import load_coco_dir
 from ..data.splits import HELD_OUT_SEED
 from ..errors import BadInput, expected_got
-from ..metrics import PSNR_CAP_DB, coco_metrics, psnr, ssim
+from ..metrics import PSNR_CAP_DB, coco_metrics, psnr, segm_results, ssim
 from ..progressbar import progress_bar
 
 DETECTOR_DEFAULT_SAMPLES = 100
@@ -137,27 +138,40 @@ class DetectorEval:
         self._reference: dict[str, float] | None = None
         self.reference_model: str | None = None
 
-    def _metrics(self, detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
-        dets = []
-        for image_id, (boxes, scores, labels) in zip(self.image_ids, detections):
+    def _metrics(self, detections: list[tuple]) -> dict[str, float]:
+        """mAP of ``(boxes, scores, labels, masks or None)`` per image; with masks also ``mask_map``/``mask_map50``
+        (COCO segm; binary masks as compressed RLE, converted per image as they come)."""
+        dets, segm = [], []
+        for image_id, (boxes, scores, labels, masks) in zip(self.image_ids, detections):
             for b, s, lab in zip(np.asarray(boxes, np.float64), scores, labels):
                 dets.append({"image_id": image_id, "category_id": int(lab), "score": float(s),
                              "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-        m = coco_metrics(self.gt, dets)
-        return {k: float(v) for k, v in m.items()}
+            if masks is not None:
+                segm.extend(masks)
+        m = {k: float(v) for k, v in coco_metrics(self.gt, dets).items()}
+        if any(d[3] is not None for d in detections):
+            mask = coco_metrics(self.gt, segm, iou_type="segm")
+            m.update({f"mask_{k}": float(mask[k]) for k in ("map", "map50", "map75")})
+        return m
+
+    def _entry(self, image_id: int, boxes, scores, labels, masks) -> tuple:
+        """One image's detections for :meth:`_metrics`, masks already turned into COCO results."""
+        return boxes, scores, labels, None if masks is None else segm_results(image_id, masks, scores, labels)
 
     def reference_metrics(self) -> dict[str, float]:
         """mAP numbers of the PyTorch reference (rebuilt from the manifest once, then cached)."""
         if self._reference is None:
-            from .reference import build_reference, reference_description, reference_detections
+            from .reference import build_reference, reference_description, reference_prediction
 
             with _torch_threads(self.threads):
                 model = build_reference(self.manifest, self.artifact or "artifact")
                 self.reference_model = reference_description(self.manifest, model)
                 dets = []
                 with progress_bar(len(self.images), "PyTorch reference", self.progress) as advance:
-                    for img in self.images:
-                        dets.append(reference_detections(model, img))
+                    for image_id, img in zip(self.image_ids, self.images):
+                        ref = reference_prediction(model, img)
+                        masks = None if "masks" not in ref else (ref["masks"] > 0.5).astype(np.uint8)
+                        dets.append(self._entry(image_id, ref["boxes"], ref["scores"], ref["labels"], masks))
                         advance()
             self._reference = self._metrics(dets)
         return dict(self._reference)
@@ -169,9 +183,9 @@ class DetectorEval:
         with Detector.from_session(_session_for(onnx_path, self.manifest, self.threads)) as det:
             dets = []
             with progress_bar(len(self.images), f"artifact {Path(onnx_path).name}", self.progress) as advance:
-                for img in self.images:
+                for image_id, img in zip(self.image_ids, self.images):
                     d = det.predict(img)
-                    dets.append((d.boxes, d.scores, d.labels))
+                    dets.append(self._entry(image_id, d.boxes, d.scores, d.labels, d.masks))
                     advance()
         return self._metrics(dets)
 
@@ -183,7 +197,7 @@ class DetectorEval:
         return {"kind": "detector", "path": str(onnx_path), "data": self.source, "images": len(self.images),
                 "precision": _precision(manifest), "artifact": art, "reference": ref,
                 "reference_model": self.reference_model,
-                "drop": {"map": 100 * (ref["map"] - art["map"]), "map50": 100 * (ref["map50"] - art["map50"])}}
+                "drop": {k: 100 * (ref[k] - art[k]) for k in ("map", "map50", "mask_map", "mask_map50") if k in art}}
 
 
 def _session_manifest(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -6,7 +6,8 @@
 
 * detectors — every detection scoring >= 0.3 has a partner on the other side
   (same label, IoU >= 0.99, |Δscore| <= 1e-3), both ways, per image and in total;
-  the box/score statistics are over those matched pairs;
+  the box/score statistics are over those matched pairs; Mask R-CNN: each pair's
+  0.5-thresholded masks overlap with IoU >= 0.99 (max |Δ| of the probabilities reported);
 * generators — max |Δ| <= 1e-4 on the float output ([-1, 1]) and the PSNR of the
   uint8 images (a uint8-output artifact: max |Δ| <= 1 level).
 
@@ -25,14 +26,15 @@ import numpy as np
 
 from ..data.folders import list_files
 from ..errors import BadInput, expected_got
-from ..metrics import DetectionMatch, match_detections, tensor_stats
+from ..metrics import DetectionMatch, box_iou, match_detections, tensor_stats
 from ..metrics import psnr as image_psnr
 from ..runtime import Detector
-from .reference import reference_description, reference_detections, reference_spec
+from .reference import reference_description, reference_prediction, reference_spec
 
 DETECTOR_DEFAULT_IMAGES = 20
 GENERATOR_DEFAULT_MAPS = 8
 MIN_SCORE, IOU, SCORE_TOL = 0.3, 0.99, 1e-3
+MASK_IOU = 0.99  # of the 0.5-thresholded masks of each matched detection (Mask R-CNN)
 FLOAT_TOL = 1e-4
 UINT8_TOL = 1.0
 
@@ -51,8 +53,6 @@ def _stats_over(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float] 
 
 def _matched_pairs(ref, got, min_score=MIN_SCORE, iou_thr=IOU, score_tol=SCORE_TOL):
     """Indices (i_ref, i_got) of reference detections >= min_score and their best partner."""
-    from ..metrics import box_iou
-
     rb, rs, rl = ref
     gb, gs, gl = got
     pairs = []
@@ -67,40 +67,71 @@ def _matched_pairs(ref, got, min_score=MIN_SCORE, iou_thr=IOU, score_tol=SCORE_T
     return pairs
 
 
-def _detector_parity(artifact: Path, manifest: dict, model, images: list[tuple[str, np.ndarray]],
-                     threads: int | None, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
+
+
+def compare_detections(det: Detector, model, images: Sequence[tuple[str, np.ndarray]], *,
+                       min_score: float = MIN_SCORE, iou: float = IOU, score_tol: float = SCORE_TOL,
+                       mask_iou: float = MASK_IOU, progress: Callable[[int, int], None] | None = None
+                       ) -> dict[str, Any]:
+    """Every image through ``det.predict`` and torchvision's own forward, detections matched both ways.
+
+    Mask R-CNN: each matched pair's masks (the reference's probabilities > 0.5 against the
+    artifact's binary masks) must overlap with IoU >= ``mask_iou``; where the artifact gives
+    probabilities too, their max |Δ| is reported. Returns ``outputs`` (statistics over matched
+    pairs), ``verdict``, ``per_image`` and ``ok``.
+    """
     total = DetectionMatch()
-    per_image, box_pairs, score_pairs, count_pairs = [], [], [], []
-    with Detector(artifact, threads=threads) as det:
-        for n, (name, img) in enumerate(images):
-            ref = reference_detections(model, img)
-            d = det.predict(img)
-            got = (np.asarray(d.boxes), np.asarray(d.scores), np.asarray(d.labels))
-            m = match_detections(ref, got, min_score=MIN_SCORE, iou=IOU, score_tol=SCORE_TOL)
-            total = total.merge(m)
-            for i, j in _matched_pairs(ref, got):
-                box_pairs.append((ref[0][i], got[0][j]))
-                score_pairs.append((ref[1][i:i + 1], got[1][j:j + 1]))
-            count_pairs.append((np.array([(ref[1] >= MIN_SCORE).sum()]), np.array([(got[1] >= MIN_SCORE).sum()])))
-            per_image.append({"image": name, "size": list(img.shape[:2]), "ok": m.ok, "matched": m.matched,
-                              "reference_detections": int((ref[1] >= MIN_SCORE).sum()),
-                              "artifact_detections": int((got[1] >= MIN_SCORE).sum()),
-                              "unmatched_reference": m.unmatched_ref, "unmatched_artifact": m.unmatched_got,
-                              "min_iou": m.min_iou, "max_score_diff": m.max_score_diff})
-            if progress:
-                progress(n + 1, len(images))
+    per_image, box_pairs, score_pairs, count_pairs, prob_pairs = [], [], [], [], []
+    masks_checked, min_mask_iou, max_prob_diff = 0, 1.0, 0.0
+    for n, (name, img) in enumerate(images):
+        ref = reference_prediction(model, img)
+        d = det.predict(img)
+        got = (np.asarray(d.boxes), np.asarray(d.scores), np.asarray(d.labels))
+        ref3 = (ref["boxes"], ref["scores"], ref["labels"])
+        m = match_detections(ref3, got, min_score=min_score, iou=iou, score_tol=score_tol)
+        total = total.merge(m)
+        image_mask_iou, bad_masks = 1.0, []
+        for i, j in _matched_pairs(ref3, got, min_score, iou, score_tol):
+            box_pairs.append((ref3[0][i], got[0][j]))
+            score_pairs.append((ref3[1][i:i + 1], got[1][j:j + 1]))
+            if "masks" in ref and d.masks is not None:
+                v = _mask_iou(ref["masks"][i] > 0.5, d.masks[j].astype(bool))
+                masks_checked += 1
+                image_mask_iou = min(image_mask_iou, v)
+                if v < mask_iou:
+                    bad_masks.append({"reference": i, "artifact": j, "mask_iou": v})
+                if d.mask_probs is not None:
+                    prob_pairs.append((ref["masks"][i], d.mask_probs[j]))
+                    max_prob_diff = max(max_prob_diff, float(np.abs(ref["masks"][i] - d.mask_probs[j]).max()))
+        min_mask_iou = min(min_mask_iou, image_mask_iou)
+        count_pairs.append((np.array([(ref3[1] >= min_score).sum()]), np.array([(got[1] >= min_score).sum()])))
+        entry = {"image": name, "size": list(img.shape[:2]), "ok": m.ok and not bad_masks, "matched": m.matched,
+                 "reference_detections": int((ref3[1] >= min_score).sum()),
+                 "artifact_detections": int((got[1] >= min_score).sum()),
+                 "unmatched_reference": m.unmatched_ref, "unmatched_artifact": m.unmatched_got,
+                 "min_iou": m.min_iou, "max_score_diff": m.max_score_diff}
+        if "masks" in ref:
+            entry.update({"min_mask_iou": image_mask_iou, "masks_below_iou": bad_masks})
+        per_image.append(entry)
+        if progress:
+            progress(n + 1, len(images))
     failed = [p["image"] for p in per_image if not p["ok"]]
-    return {
-        "outputs": {"boxes (matched)": _stats_over(box_pairs), "scores (matched)": _stats_over(score_pairs),
-                    f"detections >= {MIN_SCORE}": _stats_over(count_pairs)},
-        "verdict": {"kind": "detection matching", "images": len(images), "images_failed": failed,
-                    "matched": total.matched, "unmatched_reference": len(total.unmatched_ref),
-                    "unmatched_artifact": len(total.unmatched_got), "min_iou": total.min_iou,
-                    "max_score_diff": total.max_score_diff,
-                    "tolerances": {"min_score": MIN_SCORE, "iou": IOU, "score_tol": SCORE_TOL}},
-        "per_image": per_image,
-        "ok": total.ok,
-    }
+    outputs = {"boxes (matched)": _stats_over(box_pairs), "scores (matched)": _stats_over(score_pairs),
+               f"detections >= {min_score}": _stats_over(count_pairs)}
+    verdict = {"kind": "detection matching", "images": len(images), "images_failed": failed,
+               "matched": total.matched, "unmatched_reference": len(total.unmatched_ref),
+               "unmatched_artifact": len(total.unmatched_got), "min_iou": total.min_iou,
+               "max_score_diff": total.max_score_diff,
+               "tolerances": {"min_score": min_score, "iou": iou, "score_tol": score_tol}}
+    if det.mask_form is not None:
+        outputs["mask probabilities (matched)"] = _stats_over(prob_pairs)
+        verdict.update({"masks_compared": masks_checked, "min_mask_iou": min_mask_iou,
+                        "max_mask_prob_diff": max_prob_diff if prob_pairs else None})
+        verdict["tolerances"]["mask_iou"] = mask_iou
+    return {"outputs": outputs, "verdict": verdict, "per_image": per_image, "ok": not failed}
 
 
 def _detector_inputs(images_dir) -> tuple[str, list[tuple[str, np.ndarray]]]:
@@ -222,39 +253,37 @@ def _generator_parity(artifact: Path, manifest: dict, model, label_maps_dir, ins
 
 @dataclass
 class DetectorParity:
-    images: int = 0
-    match: DetectionMatch = field(default_factory=DetectionMatch)
-    per_image: list[dict] = field(default_factory=list)
+    """The demo's view of :func:`compare_detections`: ``ok``, ``summary()`` and ``per_image``."""
+
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.match.ok
+        return bool(self.report.get("ok"))
+
+    @property
+    def per_image(self) -> list[dict]:
+        return self.report.get("per_image", [])
 
     def summary(self) -> dict:
-        return {"images": self.images, "matched": self.match.matched, "ok": self.ok,
-                "unmatched_reference": len(self.match.unmatched_ref),
-                "unmatched_artifact": len(self.match.unmatched_got),
-                "min_iou": self.match.min_iou, "max_score_diff": self.match.max_score_diff}
+        v = self.report["verdict"]
+        out = {"images": v["images"], "matched": v["matched"], "ok": self.ok,
+               "unmatched_reference": v["unmatched_reference"], "unmatched_artifact": v["unmatched_artifact"],
+               "min_iou": v["min_iou"], "max_score_diff": v["max_score_diff"]}
+        for key in ("masks_compared", "min_mask_iou", "max_mask_prob_diff"):
+            if key in v:
+                out[key] = v[key]
+        return out
 
 
-def detector_parity(artifact, model, images: Sequence[np.ndarray], *, min_score: float = 0.3,
-                    iou: float = 0.99, score_tol: float = 1e-3, threads: int | None = None,
+def detector_parity(artifact, model, images: Sequence[np.ndarray], *, min_score: float = MIN_SCORE,
+                    iou: float = IOU, score_tol: float = SCORE_TOL, threads: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> DetectorParity:
-    """Compare every image's detections both ways (label, IoU >= ``iou``, |Δscore| <= ``score_tol``)."""
-    report = DetectorParity()
+    """Compare every image's detections (and masks) both ways (label, IoU >= ``iou``, |Δscore| <= ``score_tol``)."""
+    named = [(f"image {i} ({img.shape[1]}x{img.shape[0]})", img) for i, img in enumerate(images)]
     with Detector(artifact, threads=threads) as det:
-        for i, img in enumerate(images):
-            ref = reference_detections(model, img)
-            got = det.predict(img)
-            m = match_detections(ref, (got.boxes, got.scores, got.labels), min_score=min_score, iou=iou,
-                                 score_tol=score_tol)
-            report.match = report.match.merge(m)
-            report.per_image.append({"index": i, "size": list(img.shape[:2]), "matched": m.matched,
-                                     "ok": m.ok, "min_iou": m.min_iou, "max_score_diff": m.max_score_diff})
-            report.images += 1
-            if progress:
-                progress(i + 1, len(images))
-    return report
+        return DetectorParity(compare_detections(det, model, named, min_score=min_score, iou=iou,
+                                                 score_tol=score_tol, progress=progress))
 
 
 # -- entry point --------------------------------------------------------------
@@ -308,7 +337,8 @@ def run_parity(artifact: str | os.PathLike, images_dir: str | os.PathLike | None
         torch.set_num_threads(threads)
     try:
         if kind == "detector":
-            body = _detector_parity(artifact, manifest, model, images, threads, progress)
+            with Detector(artifact, threads=threads) as det:
+                body = compare_detections(det, model, images, progress=progress)
         else:
             body = _generator_parity(artifact, manifest, model, label_maps_dir, instances_dir, threads, progress)
             source = body.pop("source")

@@ -1,8 +1,9 @@
 """The PyTorch side of every comparison, from the unmodified model.
 
 - :func:`build_reference` rebuilds the model an artifact was exported from (its manifest);
-- :func:`reference_detections` runs torchvision's own forward on one image;
-- :func:`reference_raw` / :func:`reference_box_head` capture its pre-NMS intermediates (raw parity);
+- :func:`reference_prediction` / :func:`reference_detections` run torchvision's own forward on one image;
+- :func:`reference_raw` / :func:`reference_box_head` / :func:`reference_mask_head` capture its intermediates
+  (raw parity);
 - :func:`calibrate_batchnorm` gives random-weight architectures realistic BatchNorm statistics.
 """
 
@@ -73,14 +74,24 @@ def reference_description(manifest: dict[str, Any], model) -> str:
             f"(fixed-canvas graph, {where}; export without --input-size to compare with the model as built)")
 
 
-def reference_detections(model, image: np.ndarray):
-    """torchvision's own forward on one H×W×3 uint8 RGB image -> (boxes, scores, labels) numpy."""
+def reference_prediction(model, image: np.ndarray) -> dict[str, np.ndarray]:
+    """torchvision's own forward on one H×W×3 uint8 RGB image -> ``boxes``, ``scores``, ``labels`` and, for
+    Mask R-CNN, ``masks`` float32 [N, H, W] (the pasted probabilities), as numpy."""
     import torch
 
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
     with torch.no_grad():
         out = model([tensor])[0]
-    return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
+    result = {k: out[k].numpy() for k in ("boxes", "scores", "labels")}
+    if "masks" in out:
+        result["masks"] = out["masks"][:, 0].numpy()
+    return result
+
+
+def reference_detections(model, image: np.ndarray):
+    """torchvision's own forward on one H×W×3 uint8 RGB image -> (boxes, scores, labels) numpy."""
+    ref = reference_prediction(model, image)
+    return ref["boxes"], ref["scores"], ref["labels"]
 
 
 def reference_raw(model, images: list[torch.Tensor]) -> dict[str, list[np.ndarray]]:
@@ -140,6 +151,29 @@ def reference_box_head(model, image: torch.Tensor, proposals: np.ndarray) -> tup
         pooled = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
         logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
     return logits.numpy(), regression.numpy()
+
+
+def reference_mask_head(model, images: np.ndarray, image_size: tuple[int, int], boxes: np.ndarray,
+                        labels: np.ndarray) -> np.ndarray:
+    """torchvision's own backbone, mask ``MultiScaleRoIAlign``, mask head and predictor on a preprocessed
+    ``images`` tensor [1, 3, H, W] (resized ``image_size`` (h, w) inside it) and given final ``boxes`` [N, 4]
+    (resized-image pixels) -> the logits of each box's ``labels`` class, [N, M, M].
+
+    The Mask R-CNN twin of :func:`reference_box_head`: the mask branch compared on exactly the
+    network input and the detections the artifact produced.
+    """
+    import torch
+
+    with torch.no_grad():
+        features = model.backbone(torch.as_tensor(images))
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        heads = model.roi_heads
+        size = [(int(image_size[0]), int(image_size[1]))]
+        pooled = heads.mask_roi_pool(features, [torch.as_tensor(boxes, dtype=torch.float32)], size)
+        logits = heads.mask_predictor(heads.mask_head(pooled))
+        index = torch.arange(logits.shape[0])
+        return logits[index, torch.as_tensor(labels, dtype=torch.int64)].numpy()
 
 
 def calibrate_batchnorm(model, size: int, generator: torch.Generator, passes: int = 1) -> None:

@@ -19,6 +19,10 @@ pre- and post-processing around it, in numpy.
 Both return ``num_detections`` int32 ``[B]``, ``boxes`` float32 ``[B, K, 4]``
 (x1, y1, x2, y2), ``scores`` float32 ``[B, K]`` and ``labels`` int32 ``[B, K]``,
 sorted by score, padded with box 0, score 0, label -1.
+
+A Mask R-CNN graph (pixels-in) adds its masks (manifest ``postprocessing.masks``): pasted
+``masks`` [B, K, h, w] the runtime only slices, or compact ``mask_probs`` + ``mask_boxes`` it
+pastes with the shared rule of :mod:`deploykit.runtime.masks`.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ import numpy as np
 from ..errors import BadInput, expected_got
 from ..manifest import manifest_path
 from .backends import load
+from .masks import DEFAULT_MASK_THRESHOLD, paste_masks, rle_encode
 from .preprocess import Preprocessing, pixel_batch, preprocess_batch, to_rgb
 from .session import OwnsSession, Session
 
 INPUTS = ("images", "image_sizes")
 PIXEL_INPUTS = ("image",)
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
+PASTED_MASKS = "masks"
+COMPACT_MASKS = ("mask_probs", "mask_boxes")
 
 
 @dataclass
@@ -49,12 +56,18 @@ class Detections:
         scores: float32 ``[N]``, descending.
         labels: int64 ``[N]``, indices into ``class_names`` (0 is background).
         class_names: the model's class names (may be empty).
+        masks: Mask R-CNN: uint8 ``[N, H, W]`` in the original image's pixels, 1 where the mask
+            probability exceeds the manifest's threshold (0.5); None for a box-only detector.
+        mask_probs: float32 ``[N, H, W]`` mask probabilities when the graph gives them (compact
+            masks, pasted by the runtime, or pasted masks exported without a threshold), else None.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None
+    mask_probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -70,15 +83,23 @@ class Detections:
     def above(self, min_score: float) -> "Detections":
         """Only the detections with ``score >= min_score``."""
         keep = self.scores >= min_score
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.class_names)
+        pick = (lambda a: None if a is None else a[keep])  # noqa: E731
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.class_names,
+                          pick(self.masks), pick(self.mask_probs))
 
     def to_json(self) -> list[dict[str, Any]]:
-        """``[{"box": [x1, y1, x2, y2], "score": s, "label": i, "label_name": name}, ...]``."""
-        return [
+        """``[{"box": [x1, y1, x2, y2], "score": s, "label": i, "label_name": name}, ...]``; with masks,
+        each entry also has ``"segmentation"``: the mask as COCO uncompressed RLE (column-major runs,
+        zeros first; :func:`deploykit.runtime.masks.rle_decode` or pycocotools' ``frPyObjects`` read it)."""
+        out = [
             {"box": [float(v) for v in box], "score": float(score), "label": int(label),
              "label_name": self.label_name(int(label))}
             for box, score, label in zip(self.boxes, self.scores, self.labels)
         ]
+        if self.masks is not None:
+            for entry, mask in zip(out, self.masks):
+                entry["segmentation"] = rle_encode(mask)
+        return out
 
 
 def rescale_boxes(boxes: np.ndarray, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
@@ -154,6 +175,17 @@ class Detector(OwnsSession):
         missing = [name for name in OUTPUTS if name not in outputs]
         if missing:
             raise BadInput(expected_got(f"{where} outputs", list(OUTPUTS), f"missing {missing}"))
+        self.mask_form = ("pasted" if PASTED_MASKS in outputs else
+                          "compact" if all(n in outputs for n in COMPACT_MASKS) else None)
+        section = (manifest.get("postprocessing") or {}).get("masks")
+        threshold = section.get("threshold") if isinstance(section, dict) else None
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise BadInput(expected_got(f"{where} manifest postprocessing.masks.threshold", "a number or null",
+                                        repr(threshold)))
+        self.mask_threshold = float(DEFAULT_MASK_THRESHOLD if threshold is None else threshold)
+        if self.mask_form is not None and not pre.in_graph:
+            raise BadInput(expected_got(f"{where} masks", "a pixels-in graph (masks are in the original image's "
+                                        "pixels)", "a tensor-input graph"))
         if pre.in_graph:
             first = inputs["image"]
             if len(first.shape) != 4 or first.shape[3] != 3:
@@ -269,4 +301,19 @@ class Detector(OwnsSession):
             boxes = rescale_boxes(boxes, resized, original)
         scores = np.asarray(out["scores"][i, :n], dtype=np.float32).copy()
         labels = np.asarray(out["labels"][i, :n]).astype(np.int64)
-        return Detections(boxes, scores, labels, self.class_names)
+        masks, probs = self._masks(out, i, n, original)
+        return Detections(boxes, scores, labels, self.class_names, masks, probs)
+
+    def _masks(self, out: dict[str, np.ndarray], i: int, n: int, original: tuple[int, int]
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Image ``i``'s ``n`` masks in its own pixels: the graph's pasted ones, or the compact ones pasted here."""
+        if self.mask_form is None:
+            return None, None
+        if self.mask_form == "pasted":
+            pasted = out[PASTED_MASKS][i, :n]
+            if pasted.dtype == np.uint8:  # binary, thresholded in the graph
+                return pasted.copy(), None
+            probs = np.asarray(pasted, dtype=np.float32).copy()
+        else:
+            probs = paste_masks(out["mask_probs"][i, :n], out["mask_boxes"][i, :n], original)
+        return (probs > np.float32(self.mask_threshold)).astype(np.uint8), probs

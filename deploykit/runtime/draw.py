@@ -26,8 +26,25 @@ def _text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
 
 
+#: Opacity of a drawn instance mask.
+MASK_ALPHA = 0.45
+
+
+def _paint_masks(rgb: np.ndarray, dets: "Detections", min_score: float) -> np.ndarray:
+    """``rgb`` with each mask (score >= ``min_score``) blended in its class colour, lowest score first."""
+    out = rgb.astype(np.float32)
+    order = np.argsort(dets.scores, kind="stable")
+    for i in order:
+        if dets.scores[i] < min_score:
+            continue
+        inside = dets.masks[i].astype(bool)
+        colour = np.asarray(PALETTE[int(dets.labels[i]) % len(PALETTE)], np.float32)
+        out[inside] = (1 - MASK_ALPHA) * out[inside] + MASK_ALPHA * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def draw_detections(image: np.ndarray, dets: "Detections", min_score: float = 0.0) -> "PILImage.Image":
-    """Draw boxes and ``"<class name> <score>"`` captions on a copy of ``image``.
+    """Draw masks (Mask R-CNN), boxes and ``"<class name> <score>"`` captions on a copy of ``image``.
 
     Args:
         image: uint8 ``[H, W, 3]`` RGB (gray and RGBA are converted).
@@ -39,7 +56,10 @@ def draw_detections(image: np.ndarray, dets: "Detections", min_score: float = 0.
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    canvas = Image.fromarray(np.ascontiguousarray(to_rgb(image)))
+    rgb = np.ascontiguousarray(to_rgb(image))
+    if getattr(dets, "masks", None) is not None:
+        rgb = _paint_masks(rgb, dets, min_score)
+    canvas = Image.fromarray(rgb)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     width = max(1, round(max(canvas.size) / 320))

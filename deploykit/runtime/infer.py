@@ -39,8 +39,9 @@ def infer_detector(model_path: str | os.PathLike, image_paths: Iterable[str | os
 
     The JSON holds ``{"image", "width", "height", "model", "min_score",
     "detections": [{"box": [x1, y1, x2, y2], "score", "label", "label_name"}]}``
-    with boxes in the image's pixels; the PNG is the image with the detections
-    (score >= ``min_score``) drawn. Each file is written atomically. Images
+    with boxes in the image's pixels (Mask R-CNN: each detection also has its mask as
+    ``"segmentation"``, COCO uncompressed RLE); the PNG is the image with the detections
+    (score >= ``min_score``) drawn, masks blended in. Each file is written atomically. Images
     are read a batch at a time; an unreadable image raises BadInput before
     anything is written for it (outputs of earlier images stay, complete).
 

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import BadInput, expected_got
 from ..runtime.detector import Detections, rescale_boxes
 from ..runtime.generator import GeneratorInputs, to_uint8_image
+from ..runtime.masks import DEFAULT_MASK_THRESHOLD, paste_masks
 from ..runtime.preprocess import Preprocessing, preprocess_batch, to_rgb
 from .repository import NUMPY_DTYPES
 from .server import INSTALL_HINT, ServerError
@@ -121,6 +122,9 @@ class Client:
         self.inputs = {i["name"]: (NUMPY_DTYPES[i["data_type"].removeprefix("TYPE_")],
                                    [int(d) for d in i.get("dims") or []]) for i in config.get("input") or []}
         self.outputs = [o["name"] for o in config.get("output") or []]
+        masks = (self.facts.get("postprocessing") or {}).get("masks")
+        threshold = masks.get("threshold") if isinstance(masks, dict) else None
+        self.mask_threshold = float(DEFAULT_MASK_THRESHOLD if not isinstance(threshold, (int, float)) else threshold)
         if self.kind == "detector":
             if "image" in self.inputs:
                 self.mode = "pixels"
@@ -223,8 +227,19 @@ class Client:
         n = int(np.clip(np.asarray(out["num_detections"]).reshape(-1)[0], 0, capacity))
         boxes = np.asarray(out["boxes"][0, :n], dtype=np.float32)
         boxes = rescale_boxes(boxes, resized, original) if resized is not None else boxes.copy()
+        masks = probs = None
+        if "masks" in out:  # pasted masks (a python-backend pipeline sends only the detections' own)
+            pasted = np.asarray(out["masks"])[0, :n]
+            if pasted.dtype == np.uint8:
+                masks = pasted.copy()
+            else:
+                probs = pasted.astype(np.float32)
+        elif "mask_probs" in out and "mask_boxes" in out:  # a compact graph on a native backend
+            probs = paste_masks(np.asarray(out["mask_probs"])[0, :n], np.asarray(out["mask_boxes"])[0, :n], original)
+        if probs is not None:
+            masks = (probs > np.float32(self.mask_threshold)).astype(np.uint8)
         return Detections(boxes, np.asarray(out["scores"][0, :n], dtype=np.float32).copy(),
-                          np.asarray(out["labels"][0, :n]).astype(np.int64), self.class_names)
+                          np.asarray(out["labels"][0, :n]).astype(np.int64), self.class_names, masks, probs)
 
     def _fill_batch(self, array: np.ndarray, name: str) -> np.ndarray:
         """A model without Triton batching (``max_batch_size: 0``) takes its fixed batch: repeat the sample."""

@@ -8,6 +8,8 @@ feeds into outputs, one dict or one exception per request, so a bad request fail
 - ``pipeline`` detector: ``image`` uint8 ``[n, H, W, 3]`` → :class:`deploykit.runtime.Detector`
   → ``num_detections`` int32 ``[n, 1]``, ``boxes`` float32 ``[n, K, 4]`` (original pixels),
   ``scores`` ``[n, K]``, ``labels`` int32 ``[n, K]``, padded with box 0, score 0, label -1;
+  Mask R-CNN adds ``masks`` uint8 ``[n, N, H, W]``: the binary masks of the request's detections
+  in its own pixels (N the most detections of its images; only those travel, never K);
 - ``pipeline`` generator: ``label_map`` ``[n, H, W]`` (+ ``instance_map``, ``z``) →
   :class:`deploykit.runtime.Generator` → ``image`` uint8 ``[n, H, W, 3]``;
 - ``graph``: the graph's own inputs and outputs on deploykit's Session, requests concatenated
@@ -84,11 +86,17 @@ class DetectorPipeline(Handler):
 
         boxes = next(o for o in self.config["output"] if o["name"] == "boxes")
         self.k = int(boxes["dims"][0])
+        self.masks = any(o["name"] == "masks" for o in self.config["output"])
         return Detector(artifact, threads=threads)
 
     def _run_all(self, feeds: Sequence[Feed]) -> list[Feed]:
         images = [np.ascontiguousarray(image) for f in feeds for image in f["image"]]
-        return _split(self._pack(self.runner.predict(images)), [len(f["image"]) for f in feeds])
+        dets = self.runner.predict(images)
+        results, start = [], 0
+        for f in feeds:  # one response per request: its images share a size, its masks that size
+            results.append(self._pack(dets[start:start + len(f["image"])]))
+            start += len(f["image"])
+        return results
 
     def _pack(self, dets: list) -> Feed:
         n, k = len(dets), self.k
@@ -100,6 +108,11 @@ class DetectorPipeline(Handler):
             out["boxes"][i, :m] = d.boxes
             out["scores"][i, :m] = d.scores
             out["labels"][i, :m] = d.labels
+        if self.masks:
+            height, width = dets[0].masks.shape[1:] if dets else (0, 0)
+            out["masks"] = np.zeros((n, max((len(d) for d in dets), default=0), height, width), np.uint8)
+            for i, d in enumerate(dets):
+                out["masks"][i, :len(d)] = d.masks
         return out
 
 

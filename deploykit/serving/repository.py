@@ -348,6 +348,8 @@ def _pipeline_io(manifest: dict[str, Any], graph_outputs: list[dict], artifact: 
         ins = [Tensor("image", "uint8", (-1, -1, 3), ragged=True)]
         outs = [Tensor("num_detections", "int32", (1,)), Tensor("boxes", "float32", (k, 4)),
                 Tensor("scores", "float32", (k,)), Tensor("labels", "int32", (k,), label_filename=LABELS_FILE)]
+        if (manifest.get("postprocessing") or {}).get("masks"):  # Mask R-CNN: each request's masks, its own size
+            outs.append(Tensor("masks", "uint8", (-1, -1, -1)))
         return ins, outs
     pre = manifest.get("preprocessing") or {}
     size = pre.get("input_size")

@@ -85,8 +85,8 @@ def test_detector_eval_caches_the_reference_and_takes_candidates_without_manifes
     import deploykit.compare.reference as pd
 
     calls = []
-    real = pd.reference_detections
-    monkeypatch.setattr(pd, "reference_detections", lambda m, im: (calls.append(1), real(m, im))[1])
+    real = pd.reference_prediction
+    monkeypatch.setattr(pd, "reference_prediction", lambda m, im: (calls.append(1), real(m, im))[1])
     ev = DetectorEval(det_manifest, samples=3, artifact=demo_detector_onnx, threads=1, progress=False)
     candidate = tmp_path / "candidate.onnx"  # no manifest beside it: borrows the reference's
     shutil.copy(demo_detector_onnx, candidate)
