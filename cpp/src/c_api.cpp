@@ -45,6 +45,7 @@ struct dk_detector {
 struct dk_detections {
     std::vector<std::vector<Detection>> detections;
     std::vector<std::vector<dk_detection>> views;
+    std::vector<std::pair<int32_t, int32_t>> sizes;  // each image's (width, height): the masks' size
 };
 
 struct dk_generator {
@@ -303,6 +304,7 @@ dk_status dk_detector_predict(dk_detector* detector, const dk_image* images, siz
         }
         auto result = std::make_unique<dk_detections>();
         result->detections = detector->detector->predict(views);
+        for (const auto& v : views) result->sizes.emplace_back(static_cast<int32_t>(v.width), static_cast<int32_t>(v.height));
         for (const auto& per_image : result->detections) {
             std::vector<dk_detection> v;
             v.reserve(per_image.size());
@@ -325,6 +327,23 @@ const dk_detection* dk_detections_get(const dk_detections* detections, size_t im
 }
 
 void dk_detections_release(dk_detections* detections) { delete detections; }
+
+const uint8_t* dk_detections_mask(const dk_detections* detections, size_t image, size_t index, int32_t* width,
+                                  int32_t* height) {
+    if (width) *width = 0;
+    if (height) *height = 0;
+    if (!detections || image >= detections->detections.size() || index >= detections->detections[image].size())
+        return nullptr;
+    const auto& mask = detections->detections[image][index].mask;
+    if (mask.empty()) return nullptr;
+    if (width) *width = detections->sizes[image].first;
+    if (height) *height = detections->sizes[image].second;
+    return mask.data();
+}
+
+int dk_detector_has_masks(const dk_detector* detector) {
+    return detector && detector->detector->mask_form() != deploykit::core::MaskForm::none ? 1 : 0;
+}
 size_t dk_detector_class_count(const dk_detector* detector) { return detector ? detector->detector->class_names().size() : 0; }
 
 const char* dk_detector_class_name(const dk_detector* detector, size_t index) {

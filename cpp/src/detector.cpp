@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "error.hpp"
+#include "masks.hpp"
 
 namespace deploykit::core {
 using nlohmann::json;
@@ -24,7 +25,10 @@ const std::vector<std::string> kPreprocessingKeys = {
     "input_size", "canvas", "min_size", "max_size", "resize", "interpolation", "mean", "std", "pixel_scale",
     "size_divisible", "pad_value", "padding_emulation", "reference_transform"};
 const std::vector<std::string> kPostprocessingKeys = {"raw", "score_threshold", "nms_iou", "max_detections",
-                                                      "box_format", "box_coordinates", "padding", "rpn", "anchors"};
+                                                      "box_format", "box_coordinates", "padding", "rpn", "anchors",
+                                                      "masks"};
+const std::vector<std::string> kMaskKeys = {"form", "mask_size", "threshold", "paste", "dtype", "bytes_per_image_pixel",
+                                            "bytes_at_max_image"};
 
 // BGR -> RGB for one row while packing (non-aliasing pointers let the compiler keep it tight).
 void rgb_from_bgr(uint8_t* __restrict dst, const uint8_t* __restrict src, size_t pixels) {
@@ -133,11 +137,83 @@ void Detector::configure() {
     want("boxes", DType::float32, 3);
     want("scores", DType::float32, 2);
     want("labels", DType::int32, 2);
+    configure_masks(post, qwhere);
     if (in.shape[0].is_static()) {
         batch_min_ = batch_max_ = in.shape[0].value;
     } else {
         batch_min_ = m.batch.min;
         batch_max_ = m.batch.max;
+    }
+}
+
+void Detector::configure_masks(const json& post, const std::string& where) {
+    const TensorSpec* pasted = session_->output("masks");
+    const TensorSpec* probs = session_->output("mask_probs");
+    const TensorSpec* corners = session_->output("mask_boxes");
+    if (!post.contains("masks")) {
+        if (pasted || probs) bad_input(where + " field 'masks'", "present for a graph with mask outputs", "missing");
+        return;
+    }
+    const json& section = post["masks"];
+    const std::string mwhere = where + " masks";
+    if (!section.is_object()) bad_input(mwhere, "an object {form, mask_size, threshold, ...}", json_text(section));
+    refuse_unknown_keys(section, kMaskKeys, mwhere);
+    if (section.contains("threshold") && !section["threshold"].is_null()) {
+        const json& t = section["threshold"];
+        if (!t.is_number() || t.get<double>() < 0.0 || t.get<double>() >= 1.0)
+            bad_input(mwhere + " field 'threshold'", "a number in [0, 1) or null", json_text(t));
+        mask_threshold_ = t.get<float>();
+    }
+    if (pasted) {
+        const bool ok = (pasted->dtype == DType::uint8 || pasted->dtype == DType::float32) && pasted->shape.size() == 4;
+        if (!ok) bad_input(where_ + " output 'masks'", "uint8 or float32 [B, K, H, W]", pasted->describe());
+        mask_form_ = MaskForm::pasted;
+    } else if (probs && corners) {
+        if (probs->dtype != DType::float32 || probs->shape.size() != 4)
+            bad_input(where_ + " output 'mask_probs'", "float32 [B, K, M, M]", probs->describe());
+        if (corners->dtype != DType::int32 || corners->shape.size() != 3)
+            bad_input(where_ + " output 'mask_boxes'", "int32 [B, K, 4]", corners->describe());
+        mask_form_ = MaskForm::compact;
+    } else {
+        bad_input(where_ + " outputs", "'masks', or 'mask_probs' and 'mask_boxes' (manifest postprocessing.masks)",
+                  "none of them");
+    }
+}
+
+void Detector::read_masks(const Outputs& out, size_t image, int64_t height, int64_t width,
+                          std::vector<Detection>& dets) const {
+    const size_t plane = static_cast<size_t>(height * width);
+    if (mask_form_ == MaskForm::pasted) {
+        const OutputTensor& masks = out.at("masks");
+        if (masks.shape.size() != 4 || masks.shape[2] != height || masks.shape[3] != width ||
+            masks.shape[1] < static_cast<int64_t>(dets.size()))
+            runtime_error(where_ + " output 'masks': expected [B, K, " + std::to_string(height) + ", " +
+                          std::to_string(width) + "], got " + shape_text(masks.shape));
+        const size_t first = image * static_cast<size_t>(masks.shape[1]) * plane;
+        for (size_t k = 0; k < dets.size(); ++k) {
+            auto& mask = dets[k].mask;
+            mask.resize(plane);
+            if (masks.dtype == DType::uint8) {
+                std::memcpy(mask.data(), masks.as<uint8_t>() + first + k * plane, plane);
+            } else {  // probabilities: the manifest's threshold
+                const float* p = masks.as<float>() + first + k * plane;
+                for (size_t i = 0; i < plane; ++i) mask[i] = p[i] > mask_threshold_ ? 1 : 0;
+            }
+        }
+        return;
+    }
+    const OutputTensor& probs = out.at("mask_probs");
+    const OutputTensor& corners = out.at("mask_boxes");
+    if (probs.shape.size() != 4 || probs.shape[2] != probs.shape[3] || corners.shape.size() != 3 ||
+        corners.shape[2] != 4 || probs.shape[1] != corners.shape[1] || probs.shape[1] < static_cast<int64_t>(dets.size()))
+        runtime_error(where_ + " outputs: expected mask_probs [B, K, M, M] and mask_boxes [B, K, 4], got " +
+                      shape_text(probs.shape) + " and " + shape_text(corners.shape));
+    const int64_t m = probs.shape[2], k_cap = probs.shape[1];
+    for (size_t k = 0; k < dets.size(); ++k) {
+        const size_t at = image * static_cast<size_t>(k_cap) + k;
+        dets[k].mask.resize(plane);
+        paste_mask(probs.as<float>() + at * static_cast<size_t>(m * m), m, corners.as<int32_t>() + at * 4, height,
+                   width, mask_threshold_, dets[k].mask.data());
     }
 }
 
@@ -238,6 +314,7 @@ std::vector<std::vector<Detection>> Detector::predict_batch(const ImageView* ima
             d.label_name = label_name(d.label);
             results[i].push_back(std::move(d));
         }
+        if (mask_form_ != MaskForm::none) read_masks(out, i, h, w, results[i]);
     }
     return results;
 }

@@ -26,7 +26,13 @@ struct Detection {
     float score;
     int32_t label;
     std::string label_name;  // class_names[label], or "class_<label>" when the manifest has none
+    // Mask R-CNN: the instance mask in the original image's pixels, height x width bytes (row-major),
+    // 1 where the mask probability exceeds the manifest's threshold; empty for a box-only detector.
+    std::vector<uint8_t> mask;
 };
+
+// Where a Mask R-CNN graph's masks come from (manifest postprocessing.masks).
+enum class MaskForm { none, pasted, compact };
 
 class Detector {
 public:
@@ -40,6 +46,7 @@ public:
     const Session& session() const { return *session_; }
     const std::vector<std::string>& class_names() const { return class_names_; }
     int64_t max_batch() const { return batch_max_; }
+    MaskForm mask_form() const { return mask_form_; }
     std::string label_name(int32_t label) const;
     // image_size_range of the manifest: {min_h, min_w}, {max_h, max_w}.
     std::pair<int64_t, int64_t> min_size() const { return {min_h_, min_w_}; }
@@ -49,6 +56,8 @@ private:
     class PackBuffer;
     void configure();
     void check_image(const ImageView& image, const std::string& name) const;
+    void configure_masks(const nlohmann::json& post, const std::string& where);
+    void read_masks(const Outputs& out, size_t image, int64_t height, int64_t width, std::vector<Detection>& dets) const;
     std::vector<std::vector<Detection>> predict_batch(const ImageView* images, size_t count, size_t offset) const;
 
     std::unique_ptr<Session> session_;
@@ -58,6 +67,8 @@ private:
     int64_t batch_min_ = 1, batch_max_ = 1;
     int64_t fixed_h_ = -1, fixed_w_ = -1;  // the graph's static H/W, -1 when dynamic
     int64_t min_h_ = 1, min_w_ = 1, max_h_ = 0, max_w_ = 0;
+    MaskForm mask_form_ = MaskForm::none;
+    float mask_threshold_ = 0.5f;
     mutable std::mutex pool_mutex_;
     mutable std::vector<std::vector<uint8_t>> pool_;  // packing buffers for reuse
 };

@@ -298,6 +298,52 @@ TEST_P(DemoDetector, EqualsThePythonDetectorOnHeldOutImages) {
 
 INSTANTIATE_TEST_SUITE_P(FixedAndDynamic, DemoDetector, testing::Values("demo_fixed", "demo_dynamic"));
 
+// Mask R-CNN: masks pasted in the graph (copied out) and compact masks pasted here with the shared rule
+// equal the Python Detector's, mask for mask (RLE decoded), with the same detections.
+std::vector<uint8_t> decode_rle(const json& rle) {
+    const int64_t h = rle["size"][0], w = rle["size"][1];
+    std::vector<uint8_t> mask(size_t(h * w), 0);
+    int64_t at = 0;
+    uint8_t value = 0;
+    for (const auto& run : rle["counts"]) {
+        for (int64_t i = 0; i < run.get<int64_t>(); ++i, ++at) mask[size_t((at % h) * w + at / h)] = value;  // column-major
+        value ^= 1;
+    }
+    return mask;
+}
+
+class MaskDetector : public testing::TestWithParam<const char*> {};
+
+TEST_P(MaskDetector, MasksEqualThePythonDetector) {
+    const json& idx = fixtures::index();
+    if (!idx.contains("maskrcnn_demo") || idx["maskrcnn_demo"].is_null())
+        GTEST_SKIP() << idx.value("maskrcnn_demo_skip", std::string("no Mask R-CNN fixture"));
+    const json& ref = idx["maskrcnn_demo"][GetParam()];
+    deploykit::Detector det((fixtures::dir() / ref["file"].get<std::string>()).string(), deploykit::Options::with_threads(2));
+    EXPECT_TRUE(det.has_masks());
+    const json& images = idx["heldout_images"];
+    size_t masks = 0, pixels_on = 0;
+    for (size_t i = 0; i < ref["detections"].size(); ++i) {
+        auto pixels = fixtures::array<uint8_t>(images[i]);
+        auto shape = fixtures::shape(images[i]);
+        auto got = det.predict(deploykit::ImageView{pixels.data(), int(shape[1]), int(shape[0])});
+        const json& want = ref["detections"][i];
+        const std::string where = std::string(GetParam()) + " image " + std::to_string(i);
+        expect_matches_python(got, want, 1e-4f, where);
+        for (size_t k = 0; k < got.size() && k < want.size(); ++k) {
+            ASSERT_EQ(got[k].mask_height, shape[0]) << where;
+            ASSERT_EQ(got[k].mask_width, shape[1]) << where;
+            EXPECT_EQ(got[k].mask, decode_rle(want[k]["segmentation"])) << where << " mask " << k;
+            pixels_on += size_t(std::count(got[k].mask.begin(), got[k].mask.end(), uint8_t(1)));
+            ++masks;
+        }
+    }
+    EXPECT_GT(masks, ref["detections"].size());  // the model finds things
+    EXPECT_GT(pixels_on, masks * 20);          // and their masks are not empty
+}
+
+INSTANTIATE_TEST_SUITE_P(PastedAndCompact, MaskDetector, testing::Values("maskrcnn_pasted", "maskrcnn_compact"));
+
 TEST(DetectorThreads, EightThreadsFiftyRequestsEachOnTheDemoDetector) {
     const json* refs = demo_refs();
     if (!refs) GTEST_SKIP() << demo_skip();

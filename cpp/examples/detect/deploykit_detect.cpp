@@ -2,8 +2,8 @@
 // Writes DIR/<stem>.json per image with the schema `deploykit infer` writes:
 //   {"image", "width", "height", "model", "min_score",
 //    "detections": [{"box": [x1, y1, x2, y2], "score", "label", "label_name"}]}
-// (boxes in the image's pixels). No drawn PNG (the Python CLI also writes one). Images are decoded
-// with stb_image (PNG decodes to the same pixels as PIL; JPEG decoders may differ by a grey level).
+// (boxes in the image's pixels; Mask R-CNN: each detection's mask as COCO RLE in "segmentation").
+// No drawn PNG (the Python CLI also writes one). Images are decoded with stb_image (PNG decodes to the same pixels as PIL; JPEG decoders may differ by a grey level).
 #include <stb_image.h>
 
 #include <cstdio>
@@ -42,6 +42,25 @@ const char* kUsage =
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+
+// A binary mask as COCO uncompressed RLE, as `deploykit infer` writes it: {"size": [h, w], "counts":
+// [...]}, runs over the pixels in column-major order, starting with a run of zeros.
+nlohmann::json rle(const std::vector<uint8_t>& mask, int width, int height) {
+    std::vector<int64_t> counts;
+    uint8_t current = 0;
+    int64_t run = 0;
+    for (int x = 0; x < width; ++x)
+        for (int y = 0; y < height; ++y) {
+            const uint8_t v = mask[static_cast<size_t>(y) * static_cast<size_t>(width) + static_cast<size_t>(x)] ? 1 : 0;
+            if (v != current) {
+                counts.push_back(run);
+                current = v, run = 0;
+            }
+            ++run;
+        }
+    if (width > 0 && height > 0) counts.push_back(run);
+    return {{"size", {height, width}}, {"counts", counts}};
+}
 
 void write_atomic(const fs::path& path, const std::string& text) {
     fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
@@ -134,6 +153,7 @@ int main(int argc, char** argv) {
                 if (d.score < min_score) continue;
                 detections.push_back({{"box", {double(d.x1), double(d.y1), double(d.x2), double(d.y2)}},
                                       {"score", double(d.score)}, {"label", d.label}, {"label_name", d.label_name}});
+                if (!d.mask.empty()) detections.back()["segmentation"] = rle(d.mask, d.mask_width, d.mask_height);
             }
             nlohmann::ordered_json doc;
             doc["image"] = path.string();

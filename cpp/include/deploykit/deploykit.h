@@ -136,6 +136,13 @@ DK_API size_t dk_detections_image_count(const dk_detections* detections);
 /* The detections of image i (sorted by score, descending) and their number; NULL when out of range. */
 DK_API const dk_detection* dk_detections_get(const dk_detections* detections, size_t image, size_t* count);
 DK_API void dk_detections_release(dk_detections* detections);
+/* Mask R-CNN: detection `index` of image `image` as a mask in that image's pixels, *height rows of
+ * *width bytes, 1 inside the instance (probability above the manifest's threshold), else 0; owned by
+ * the dk_detections. NULL (and 0 sizes) for a box-only detector or out of range. */
+DK_API const uint8_t* dk_detections_mask(const dk_detections* detections, size_t image, size_t index,
+                                         int32_t* width, int32_t* height);
+/* 1 when the detector's graph gives instance masks (a Mask R-CNN export), else 0. */
+DK_API int dk_detector_has_masks(const dk_detector* detector);
 DK_API size_t dk_detector_class_count(const dk_detector* detector);
 DK_API const char* dk_detector_class_name(const dk_detector* detector, size_t index); /* NULL when out of range */
 DK_API int dk_detector_max_batch(const dk_detector* detector);

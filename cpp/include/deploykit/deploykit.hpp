@@ -194,6 +194,9 @@ struct Detection {
     float score;
     int label;
     std::string label_name;
+    // Mask R-CNN: mask_height rows of mask_width bytes (the image's size), 1 inside the instance; empty otherwise.
+    std::vector<uint8_t> mask;
+    int mask_width = 0, mask_height = 0;
 };
 
 class Detector {
@@ -216,8 +219,15 @@ public:
         for (size_t i = 0; i < images.size(); ++i) {
             size_t n = 0;
             const dk_detection* d = dk_detections_get(out, i, &n);
-            for (size_t k = 0; k < n; ++k)
-                all[i].push_back({d[k].x1, d[k].y1, d[k].x2, d[k].y2, d[k].score, d[k].label, d[k].label_name});
+            for (size_t k = 0; k < n; ++k) {
+                Detection det{d[k].x1, d[k].y1, d[k].x2, d[k].y2, d[k].score, d[k].label, d[k].label_name, {}, 0, 0};
+                int32_t w = 0, h = 0;
+                if (const uint8_t* m = dk_detections_mask(out, i, k, &w, &h)) {
+                    det.mask.assign(m, m + static_cast<size_t>(w) * static_cast<size_t>(h));
+                    det.mask_width = w, det.mask_height = h;
+                }
+                all[i].push_back(std::move(det));
+            }
         }
         return all;
     }
@@ -228,6 +238,7 @@ public:
         return names;
     }
     int max_batch() const { return dk_detector_max_batch(handle_.get()); }
+    bool has_masks() const { return dk_detector_has_masks(handle_.get()) != 0; }
 
 private:
     detail::Handle<dk_detector, dk_detector_destroy> handle_;
