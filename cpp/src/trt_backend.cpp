@@ -2,9 +2,11 @@
 // IExecutionContext + CUDA stream + device and pinned host buffers (allocated once per shape and
 // reused), enqueueV3 on the stream, optionally replayed as a captured CUDA graph.
 //
-// Written against the documented TensorRT 11 C++ API; it is compiled only when NvInfer.h and CUDA
-// are found (DEPLOYKIT_TENSORRT) and has NOT been compiled or run on the project's machines (no
-// TensorRT, no GPU there). The logic that needs no GPU lives in trt_plan.cpp and is tested.
+// Written against the TensorRT 11 C++ API. Built into the library when TensorRT and CUDA are found
+// (DEPLOYKIT_TENSORRT). Where they are not (the project's CI: no TensorRT, no GPU), CMake compiles
+// this file, not linked, against TensorRT's real public headers (DEPLOYKIT_TENSORRT_HEADERS) and
+// CUDA's with -Werror, so an API mistake fails the build; it has never run here. The logic that
+// needs no GPU lives in trt_plan.cpp and is tested.
 #include <NvInfer.h>
 #include <NvInferPlugin.h>
 #include <cuda_runtime_api.h>
@@ -215,7 +217,9 @@ public:
         const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
         running_ = trt::version_text(getInferLibVersion());
         trt::check_compatible(manifest ? manifest->tensorrt : std::nullopt, running_, cc, path.string());
-        initLibNvInferPlugins(&logger_, "");  // ROIAlign_TRT and the other standard plugins, before deserialising
+        // ROIAlign_TRT and the other standard plugins, before deserialising (as the Python runtime does)
+        if (!initLibNvInferPlugins(&logger_, ""))
+            runtime_error("TensorRT initLibNvInferPlugins failed (is libnvinfer_plugin installed?): " + logger_.last());
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
         if (!runtime_) runtime_error("TensorRT createInferRuntime failed");
         engine_.reset(runtime_->deserializeCudaEngine(bytes.data(), bytes.size()));
