@@ -12,8 +12,9 @@ Besides the per-op table, three graph-wide rules (TensorRT's own restrictions):
 * **element types**: no DOUBLE (the parser silently downcasts it, clamping),
   no strings or other types TensorRT lacks; INT8 only between
   QuantizeLinear and DequantizeLinear (TensorRT is strongly typed: INT8 is a
-  quantized type); UINT8 only as a graph input or output, converted by Cast
-  (the doc's note; Shape/Size may read its dimensions).
+  quantized type); UINT8 only as a graph input or output, read or made by Cast
+  and nothing else, not even Shape/Size (:data:`UINT8_RULE`: where the sources
+  differ, the stricter one is followed).
 * **shape tensors**: every input TensorRT consumes as a shape (Reshape's
   shape, Expand's, Resize's sizes, Slice's starts/ends, Pad's pads, Range,
   ConstantOfShape, TopK's K, ...) must be computed from constants and
@@ -52,7 +53,14 @@ SOURCE = {
                  "dd0a3a9f8794ae4f0316ed07ea68cda9b944bb3c (10.15-era: RotaryEmbedding, TensorScatter present)",
     "limits": "TensorRT ITensor (shape tensor volume <= 64), TopK operator (k <= 3840, one of the last four axes), "
               "Shuffle operator types (no UINT8), dynamic-shapes guide (layers that compute shape tensors)",
+    "uint8": "onnx-tensorrt docs/operators.md (note: UINT8 only as network input or output; Shape/Size types "
+             "without UINT8) and TensorRT 11.1 NvInferRuntimeBase.h DataType::kUINT8 (convert network-level "
+             "UINT8 inputs before other layers use them); NvInfer.h IShapeLayer takes any type, the stricter "
+             "reading is kept: UINT8 is read only by Cast",
 }
+#: The expectation printed for a UINT8 tensor read by another op than Cast (with its sources).
+UINT8_RULE = ("UINT8 read only by Cast (onnx-tensorrt docs/operators.md: UINT8 only as network input/output, "
+              "Shape/Size without UINT8; NvInfer.h DataType::kUINT8: convert before other layers use it)")
 TABLE_VERSION = "TensorRT 10.15 ONNX parser"
 
 # -- element types ------------------------------------------------------------------------------
@@ -123,8 +131,9 @@ OPS: dict[str, OpRule] = {
     "Unsqueeze": _r(_FIB, const=(1,), shape=(1,)),
     "ScatterND": _r(_FI, attrs={"reduction": ("none", frozenset({"none"}))}),
     "ScatterElements": _r(_FI),
-    "Shape": _r(_FIB | {"UINT8"}, source="matrix; importer reads dimensions of any type (no type check)"),
-    "Size": _r(_FIB | {"UINT8"}, source="matrix; importer reads dimensions of any type (no type check)"),
+    # no UINT8 (matrix; the uint8 rule): IShapeLayer reads any type, the stricter source wins
+    "Shape": _r(_FIB, source="matrix (no UINT8); uint8"),
+    "Size": _r(_FIB, source="matrix (no UINT8); uint8"),
     "Constant": _r(_F | {"INT32", "INT64", "BOOL", "FLOAT8E4M3FN", "FLOAT4E2M1", "INT4"}),
     "ConstantOfShape": _r(_F | {"INT32", "INT64", "BOOL"}, checked=(), shape=(0,)),
     # importer: "only supports int32, int64, and float input types for Range", all three of one type
@@ -379,6 +388,8 @@ def _check_types(gr: _Graph, node: onnx.NodeProto, rule: OpRule, v: _Collector) 
         names = [(k, node.input[k]) for k in rule.checked if k < len(node.input) and node.input[k]]
     for k, name in names:
         t = gr.elem_type(name)
+        if t == "UINT8" and k is not None:
+            continue  # the graph-wide UINT8 rule reports it, naming its sources
         if t is not None and t not in rule.types:
             where = "output" if k is None else f"input {k} ({name!r})"
             v.add("type", f"{where} element type", f"one of {_fmt(rule.types)}", t)
@@ -501,9 +512,8 @@ def _type_violations(gr: _Graph) -> list[Violation]:
             t = gr.elem_type(name) if name else None
             if t is None or t not in TRT_TYPES:
                 continue  # reported where the tensor is made (or it is a graph input, below)
-            if t == "UINT8" and node.op_type not in ("Cast", "Shape", "Size"):
-                c.add("type", f"input {k} ({name!r}) element type",
-                      "UINT8 only as a graph input/output, read by Cast (TensorRT: UINT8 is I/O only)", "UINT8")
+            if t == "UINT8" and node.op_type != "Cast":
+                c.add("type", f"input {k} ({name!r}) element type", UINT8_RULE, "UINT8")
             if t in QUANTIZED_TYPES and node.op_type != "DequantizeLinear" and not (
                     node.op_type == "QuantizeLinear" and k == 2):
                 c.add("type", f"input {k} ({name!r}) element type",

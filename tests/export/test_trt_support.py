@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from deploykit.cli import main
 from deploykit.errors import CheckFailed
-from deploykit.export.trt_support import OPS, SOURCE, check_readiness, required_plugins
+from deploykit.export.trt_support import OPS, SOURCE, UINT8_RULE, check_readiness, required_plugins
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -268,7 +268,7 @@ def pixels_in_front_end(floor_in_float: bool = False):
     nodes = [
         n("Cast", ["image"], ["f"], name="to_float", to=F),
         n("Transpose", ["f"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
-        n("Shape", ["image"], ["s"], name="shape"),
+        n("Shape", ["f"], ["s"], name="shape"),  # the dimensions of the float copy: UINT8 is read by Cast only
         n("Gather", ["s", "i0"], ["b"], name="b"), n("Gather", ["s", "i1"], ["h"], name="h"),
         n("Gather", ["s", "i2"], ["w"], name="w"),
         n("Min", ["h", "w"], ["short"], name="short"), n("Max", ["h", "w"], ["long"], name="long"),
@@ -332,19 +332,19 @@ def test_pixels_in_front_end_with_float_floor_names_the_floor():
 # -- the project's graphs, the CLI, export ----------------------------------------------------
 
 
-def test_project_graphs_are_ready(demo_detector_onnx, demo_generator_onnx):
-    det = check_readiness(onnx.load(str(demo_detector_onnx)))
+def test_project_graphs_are_ready(demo_detector_pixels_onnx, demo_generator_onnx):
+    det = check_readiness(onnx.load(str(demo_detector_pixels_onnx)))  # pixels in: uint8 read by one Cast
     assert det.ok, [v.line() for v in det.violations]
     assert det.plugins == ["ROIAlign_TRT v2"] and det.ops["RoiAlign"] >= 1 and det.ops["NonMaxSuppression"] >= 1
     gen = check_readiness(onnx.load(str(demo_generator_onnx)))
     assert gen.ok and gen.plugins == []
 
 
-def test_cli_check(demo_detector_onnx, tmp_path):
+def test_cli_check(demo_detector_pixels_onnx, tmp_path):
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(main, ["check", str(demo_detector_onnx), "--json", str(out)])
+    r = CliRunner().invoke(main, ["check", str(demo_detector_pixels_onnx), "--json", str(out)])
     assert r.exit_code == 0, r.output
-    assert r.output.strip().splitlines()[-1].startswith("det.onnx: ready for TensorRT")
+    assert r.output.strip().splitlines()[-1].startswith("pix.onnx: ready for TensorRT")
     report = json.loads(out.read_text())
     assert report["ready"] and report["plugins"] == ["ROIAlign_TRT v2"] and report["needs_standard_plugins"]
     assert report["table"]["matrix"] == SOURCE["matrix"] and report["violations"] == []
@@ -363,6 +363,31 @@ def test_cli_check(demo_detector_onnx, tmp_path):
     for path in (tmp_path / "junk.onnx", tmp_path / "missing.onnx"):
         r = CliRunner().invoke(main, ["check", str(path)])
         assert r.exit_code == 2 and r.output.startswith("error:") and "\n" not in r.output.strip(), r.output
+
+
+def test_cli_check_refuses_uint8_read_by_shape(demo_detector_pixels_onnx, tmp_path):
+    """Pixels-in graphs exported before the front end read its Shape from the float copy: `image` (UINT8) fed
+    Shape too. onnx-tensorrt's operators.md (UINT8 I/O only, no UINT8 for Shape) and NvInfer.h's kUINT8 (convert
+    before other layers) are stricter than IShapeLayer (any type): deploykit check follows the stricter."""
+    model = onnx.load(str(demo_detector_pixels_onnx))
+    (cast,) = [n for n in model.graph.node if "image" in n.input]
+    assert cast.op_type == "Cast"  # the fresh export: nothing else reads the uint8 input
+    shape = next(n for n in model.graph.node if n.op_type == "Shape" and list(n.input) == [cast.output[0]])
+    shape.input[0] = "image"  # the old-style front end
+    old = tmp_path / "old_style.onnx"
+    onnx.save(model, str(old))
+    out = tmp_path / "report.json"
+    r = CliRunner().invoke(main, ["check", str(old), "--json", str(out)])
+    assert r.exit_code == 1, r.output
+    lines = r.output.rstrip().splitlines()
+    assert lines[0] == (f"  node {shape.name!r} (Shape): input 0 ('image') element type: expected {UINT8_RULE}, "
+                        "got UINT8")
+    assert "onnx-tensorrt docs/operators.md" in lines[0] and "NvInfer.h" in lines[0]
+    assert "NOT ready for TensorRT: 1 violation(s)" in lines[1] and lines[2].startswith("error:")
+    report = json.loads(out.read_text())
+    assert [(v["node"], v["rule"]) for v in report["violations"]] == [(shape.name, "type")]
+    assert report["table"]["uint8"] == SOURCE["uint8"] and "NvInferRuntimeBase.h" in SOURCE["uint8"]
+    assert "UINT8" not in OPS["Shape"].types and "UINT8" not in OPS["Size"].types
 
 
 def test_export_fails_on_a_graph_tensorrt_cannot_parse(tmp_path):

@@ -185,7 +185,11 @@ def front_end(*, mean: tuple[float, float, float], std: tuple[float, float, floa
     if (canvas is None) == (min_size is None or max_size is None):
         raise ValueError("give either min_size and max_size (dynamic mode) or canvas (fixed mode)")
     g = _Builder("pre/")
-    shape = g.op("Shape", "image")
+    # The uint8 image is read by this Cast only, everything else reads its float copy: TensorRT takes
+    # UINT8 only as a network input/output, converted before any other layer uses it (NvInfer.h
+    # DataType::kUINT8; onnx-tensorrt docs/operators.md lists no UINT8 for Shape or Transpose).
+    pixels = g.op("Cast", "image", to=TensorProto.FLOAT, hint="pixels_f")
+    shape = g.op("Shape", pixels)
     bsz = g.op("Slice", shape, g.const(0), g.const(1), g.const(0), hint="batch")
     h = g.op("Slice", shape, g.const(1), g.const(2), g.const(0), hint="h")
     w = g.op("Slice", shape, g.const(2), g.const(3), g.const(0), hint="w")
@@ -193,8 +197,7 @@ def front_end(*, mean: tuple[float, float, float], std: tuple[float, float, floa
 
     # Resize first, then normalise the (usually much smaller) result: bilinear weights sum to 1,
     # so this equals torchvision's normalise-then-resize up to float rounding (~1e-6).
-    # cast first: TensorRT cannot transpose (shuffle) UINT8
-    x = g.op("Transpose", g.op("Cast", "image", to=TensorProto.FLOAT), perm=[0, 3, 1, 2], hint="pixels")
+    x = g.op("Transpose", pixels, perm=[0, 3, 1, 2], hint="pixels")
     sizes = g.op("Concat", bsz, g.const(3), oh, ow, axis=0, hint="sizes")
     x = g.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel",
              hint="resized")
