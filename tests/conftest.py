@@ -85,6 +85,41 @@ def demo_detector_pixels_onnx(tmp_path_factory):
     return _export_demo_detector(tmp_path_factory, "pix.onnx", {}, input="image", dynamic_batch=4)
 
 
+MASK_RANGE = ((32, 32), (2048, 2048))  # batch 4 x 100 pasted masks of the largest image fits one tensor
+
+
+def _export_demo_maskrcnn(tmp_path_factory, filename: str, **export_kwargs):
+    """maskrcnn_demo (bundled checkpoint) as built, pixels-in, dynamic size and batch 1..4, FP32."""
+    from deploykit import models
+    from deploykit.export.detector import export_detector, model_info
+
+    ckpt = models.resolve_checkpoint("maskrcnn_demo", None)
+    net = models.build("maskrcnn_demo", ckpt)
+    path = tmp_path_factory.mktemp("demo_maskrcnn") / filename
+    export_detector(net, path, input="image", dynamic_batch=4, image_size_range=MASK_RANGE,
+                    model_info=model_info("maskrcnn_demo", ckpt, {}), class_names=models_class_names(net),
+                    **export_kwargs)
+    return path
+
+
+def models_class_names(net):
+    from deploykit.export.detector import detector_class_names
+
+    return detector_class_names("maskrcnn_demo", net)
+
+
+@pytest.fixture(scope="session")
+def demo_maskrcnn_onnx(tmp_path_factory):
+    """maskrcnn_demo exported as `deploykit export` does by default: masks pasted in the graph, uint8 0/1."""
+    return _export_demo_maskrcnn(tmp_path_factory, "mask.onnx")
+
+
+@pytest.fixture(scope="session")
+def demo_maskrcnn_probs_onnx(tmp_path_factory):
+    """maskrcnn_demo with both mask forms: pasted probabilities (no threshold) and the compact outputs."""
+    return _export_demo_maskrcnn(tmp_path_factory, "mask_probs.onnx", masks="both", mask_threshold=None)
+
+
 @pytest.fixture(scope="session")
 def demo_generator_onnx(tmp_path_factory):
     """spade_demo (bundled checkpoint) exported, FP32, once per session."""

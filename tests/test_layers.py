@@ -7,7 +7,6 @@ start-up light, they do not make an upward dependency right).
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import deploykit

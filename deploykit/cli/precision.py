@@ -26,7 +26,8 @@ from .common import Progress, command
 @click.option("--method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
               help="INT8 activation calibration.")
 @click.option("--accuracy-budget", "budget", default=None, metavar="METRIC=VALUE",
-              help="map-drop=0.5 or map50-drop=0.5 (detector, mAP points below PyTorch), psnr=35 or "
+              help="map-drop=0.5, map50-drop=0.5 or mask-map-drop=0.5 (detector, mAP points below PyTorch; mask: "
+                   "Mask R-CNN), psnr=35 or "
                    "ssim=0.98 (SPADE, vs FP32 PyTorch). INT8 layers are moved back to FP32, most sensitive "
                    "first, until it holds; exit 1 if even FP32 misses it.")
 @click.option("--eval-data", type=click.Path(), default=None,

@@ -182,6 +182,14 @@ def _summary_rows(summary: dict | None, benches: list[dict], parities: list[dict
                              _verdict(fixed.get("ok")),
                              f"{fixed.get('matched', '–')} matched, min IoU {_num(fixed.get('min_iou'), '.6f')}, "
                              f"max |Δscore| {_num(fixed.get('max_score_diff'), '.2e')}", "–", "–"])
+        masked = summary.get("mask_detector")
+        if isinstance(masked, dict):
+            p = masked.get("parity") or {}
+            rows.append([_e(masked.get("model", "mask detector")), "Mask R-CNN parity with masks (demo)",
+                         _verdict(p.get("ok")),
+                         f"{p.get('matched', '–')} matched, min IoU {_num(p.get('min_iou'), '.6f')}, "
+                         f"{p.get('masks_compared', '–')} masks, min mask IoU {_num(p.get('min_mask_iou'), '.5f')}",
+                         "–", f"{_num(masked.get('speedup'), '.2f')}x" if masked.get("speedup") is not None else "–"])
         prec = summary.get("precision")
         if isinstance(prec, dict) and prec.get("checks"):
             cs = [c for c in prec["checks"] if isinstance(c, dict)]
@@ -437,30 +445,42 @@ CAPTIONS = {"spade_demo_panels.png": "SPADE demo: ground truth | PyTorch | ONNX 
                                                "int8 (one row per held-out label map)"}
 
 
+#: Picture name prefixes of per-precision detection pictures, and what they show.
+DETECTION_PICTURES = {"detections_": "detections", "masks_": "detections and masks (Mask R-CNN)"}
+
+
+def _detection_picture(stem: str) -> tuple[str, str] | None:
+    """``(prefix, rest)`` of a per-precision detection picture's stem, or None."""
+    return next(((p, stem[len(p):]) for p in DETECTION_PICTURES if stem.startswith(p)), None)
+
+
 def _caption(name: str) -> str:
     if name in CAPTIONS:
         return CAPTIONS[name]
     stem = name.removesuffix(".png")
-    if stem.startswith("detections_"):
-        rest = stem[len("detections_"):]
+    found = _detection_picture(stem)
+    if found:
+        prefix, rest = found
+        what = DETECTION_PICTURES[prefix]
         if rest.endswith("_torch"):
-            return f"PyTorch reference detections, image {rest[:-len('_torch')]}"
+            return f"PyTorch reference {what}, image {rest[:-len('_torch')]}"
         for p in ("fp16", "int8"):
             if rest.endswith(f"_{p}"):
-                return f"ONNX Runtime {p} detections, image {rest[:-len(p) - 1]}"
-        return f"ONNX Runtime detections, image {rest}"
+                return f"ONNX Runtime {p} {what}, image {rest[:-len(p) - 1]}"
+        return f"ONNX Runtime {what}, image {rest}"
     return name
 
 
 def _picture_order(p: Path) -> tuple:
-    """Detections first, PyTorch reference next to the artifact's for the same image; panels last."""
-    stem = p.stem
-    if stem.startswith("detections_"):
-        rest = stem[len("detections_"):]
+    """Detections first (boxes, then masks), PyTorch reference next to the artifact's for the same image;
+    panels last."""
+    found = _detection_picture(p.stem)
+    if found:
+        prefix, rest = found
         idx, _, side = rest.partition("_")
         order = {"torch": 0, "": 1, "fp16": 2, "int8": 3}.get(side, 4)
-        return (0, int(idx) if idx.isdigit() else 0, idx, order)
-    return (2 if "panels" in stem else 1, 0, p.name, 0)
+        return (0, list(DETECTION_PICTURES).index(prefix), int(idx) if idx.isdigit() else 0, idx, order)
+    return (2 if "panels" in p.stem else 1, 0, 0, p.name, 0)
 
 
 def _picture(path: Path) -> str:
@@ -481,10 +501,12 @@ def _pct(x: Any) -> str:
 def _budget_cell(checks: dict, precision: str, model: Any, parity_ok: Any) -> str:
     if precision == "fp32":
         return "parity " + _verdict(parity_ok)
-    c = checks.get((precision, model))
-    if not c:
+    cs = checks.get((precision, model))
+    if not cs:
         return "–"
-    return f"{'≤' if c.get('op') == '<=' else '≥'} {_num(c.get('limit'), 'g')}: {_verdict(c.get('ok'))}"
+    c = cs[0]
+    return (f"{'≤' if c.get('op') == '<=' else '≥'} {_num(c.get('limit'), 'g')}: "
+            f"{_verdict(all(x.get('ok') for x in cs))}")
 
 
 def _precision_pictures(pictures: list[Path]) -> tuple[list[list[Path | None]], Path | None]:
@@ -492,13 +514,36 @@ def _precision_pictures(pictures: list[Path]) -> tuple[list[list[Path | None]], 
     by_name = {p.name: p for p in pictures}
     rows = []
     for name in sorted(by_name):
-        if name.startswith("detections_") and name.endswith("_torch.png"):
-            idx = name[len("detections_"):-len("_torch.png")]
-            others = [by_name.get(f"detections_{idx}{s}.png") for s in ("", "_fp16", "_int8")]
+        found = _detection_picture(name.removesuffix(".png"))
+        if found and name.endswith("_torch.png"):
+            prefix, idx = found[0], found[1][:-len("_torch")]
+            others = [by_name.get(f"{prefix}{idx}{s}.png") for s in ("", "_fp16", "_int8")]
             if any(o is not None for o in others[1:]):
                 rows.append([by_name[name], *others])
     rows.sort(key=lambda r: _picture_order(r[0]))
     return rows, by_name.get("spade_demo_precision_panels.png")
+
+
+def _detector_precision_table(det: dict, checks: dict, parity_ok: Any) -> list[str]:
+    """A detector's accuracy-per-precision table; Mask R-CNN rows add the masks' mAP and its drop."""
+    ref = det.get("reference") or {}
+    masks = "mask_map" in ref
+    extra = lambda r: [_pct(r.get("mask_map")), _num((r.get("drop") or {}).get("mask_map"), ".2f")] if masks else []  # noqa: E731
+    rows = [["PyTorch (reference)", _pct(ref.get("map")), _pct(ref.get("map50")), "–", "–",
+             *([_pct(ref.get("mask_map")), "–"] if masks else []), _num(ref.get("latency_ms"), ".1f"), "1.00x", "–"]]
+    for p, r in det["rows"].items():
+        drop = r.get("drop") or {}
+        rows.append([_e(p), _pct(r.get("map")), _pct(r.get("map50")), _num(drop.get("map"), ".2f"),
+                     _num(drop.get("map50"), ".2f"), *extra(r), _num(r.get("latency_ms"), ".1f"),
+                     f"{_num(r.get('speedup'), '.2f')}x", _budget_cell(checks, p, det.get("model"), parity_ok)])
+    header = ["precision", "mAP@[.5:.95]", "mAP@.5", "drop mAP (pts)", "drop mAP@.5 (pts)",
+              *(["mask mAP@[.5:.95]", "drop mask mAP (pts)"] if masks else []), "latency ms", "speedup vs PyTorch",
+              "budget"]
+    what = " (boxes; masks: segm mAP of the 0.5-thresholded masks)" if masks else ""
+    return [f"<p>{_e(det.get('model', 'detector'))}: COCO mAP{what} on {_e(det.get('images', '?'))} images "
+            f"({_e(det.get('data', ''))}); drop = PyTorch − artifact, in points; latency: "
+            f"<code>Detector.predict</code> vs torchvision eager <code>model([img])</code>.</p>",
+            _table(header, rows)]
 
 
 def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str, set[Path]]:
@@ -506,7 +551,10 @@ def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str,
     prec = (summary or {}).get("precision")
     if not isinstance(prec, dict):
         return "", set()
-    checks = {(c.get("precision"), c.get("model")): c for c in prec.get("checks") or [] if isinstance(c, dict)}
+    all_checks = [c for c in prec.get("checks") or [] if isinstance(c, dict)]
+    checks: dict[tuple, list] = {}
+    for c in all_checks:
+        checks.setdefault((c.get("precision"), c.get("model")), []).append(c)
     out = ["<h2>Accuracy per precision</h2>"]
     cal = prec.get("calibration") or {}
     default = cal.get("default_samples")
@@ -517,22 +565,11 @@ def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str,
                f'seed {_e(cal.get("seed", "?"))}. Latency: median of {_e(prec.get("rounds", "?"))} interleaved '
                f'end-to-end runs per side, batch 1, {_e(prec.get("threads", "?"))} threads, same process; '
                f'speedup = PyTorch eager median / artifact median.</p>')
-    det = prec.get("detector")
-    if isinstance(det, dict) and isinstance(det.get("rows"), dict):
-        ref = det.get("reference") or {}
-        parity_ok = ((summary or {}).get("detector") or {}).get("parity", {}).get("ok")
-        rows = [["PyTorch (reference)", _pct(ref.get("map")), _pct(ref.get("map50")), "–", "–",
-                 _num(ref.get("latency_ms"), ".1f"), "1.00x", "–"]]
-        for p, r in det["rows"].items():
-            drop = r.get("drop") or {}
-            rows.append([_e(p), _pct(r.get("map")), _pct(r.get("map50")), _num(drop.get("map"), ".2f"),
-                         _num(drop.get("map50"), ".2f"), _num(r.get("latency_ms"), ".1f"),
-                         f"{_num(r.get('speedup'), '.2f')}x", _budget_cell(checks, p, det.get("model"), parity_ok)])
-        out.append(f"<p>{_e(det.get('model', 'detector'))}: COCO mAP on {_e(det.get('images', '?'))} images "
-                   f"({_e(det.get('data', ''))}); drop = PyTorch − artifact, in points; latency: "
-                   f"<code>Detector.predict</code> vs torchvision eager <code>model([img])</code>.</p>")
-        out.append(_table(["precision", "mAP@[.5:.95]", "mAP@.5", "drop mAP (pts)", "drop mAP@.5 (pts)",
-                           "latency ms", "speedup vs PyTorch", "budget"], rows))
+    for key in ("detector", "mask_detector"):
+        det = prec.get(key)
+        if isinstance(det, dict) and isinstance(det.get("rows"), dict):
+            parity_ok = ((summary or {}).get(key) or {}).get("parity", {}).get("ok")
+            out.extend(_detector_precision_table(det, checks, parity_ok))
     gen = prec.get("generator")
     if isinstance(gen, dict) and isinstance(gen.get("rows"), dict):
         ref = gen.get("reference") or {}
@@ -547,10 +584,10 @@ def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str,
                    f"latency: <code>Generator.generate</code> vs the PyTorch generator.</p>")
         out.append(_table(["precision", "PSNR mean dB", "PSNR min dB", "SSIM mean", "latency ms",
                            "speedup vs PyTorch", "budget"], rows))
-    if checks:
+    if all_checks:
         rows = [[_e(c.get("precision")), _e(c.get("model")), _e(c.get("metric")), _num(c.get("value"), ".2f"),
                  f"{'≤' if c.get('op') == '<=' else '≥'} {_num(c.get('limit'), 'g')}", _verdict(c.get("ok"))]
-                for c in checks.values()]
+                for c in all_checks]
         out.append("<p>Accuracy budgets (issue 4):</p>" + _table(["precision", "model", "metric", "value", "budget",
                                                                   "verdict"], rows, left=3))
     trt = prec.get("tensorrt") or {}
@@ -564,7 +601,8 @@ def _precision_section(summary: dict | None, pictures: list[Path]) -> tuple[str,
     rows, panel = _precision_pictures(pictures)
     used: set[Path] = set()
     if rows:
-        out.append("<p>Detections (score ≥ 0.3) per precision: PyTorch | fp32 | fp16 | int8.</p>")
+        out.append("<p>Detections (score ≥ 0.3; Mask R-CNN with its masks) per precision: "
+                   "PyTorch | fp32 | fp16 | int8.</p>")
         for row in rows:
             figs = []
             for label, pic in zip(("PyTorch", "fp32", "fp16", "int8"), row):

@@ -17,10 +17,11 @@ import numpy as np
 PRECISIONS = ("fp32", "fp16", "int8")
 REDUCED = ("fp16", "int8")
 # Issue 4's accuracy budgets for the demo models: detector mAP@[.5:.95] drop in points
-# below PyTorch (at most), SPADE mean PSNR against the FP32 PyTorch output (at least).
+# below PyTorch (at most), SPADE mean PSNR against the FP32 PyTorch output (at least); the
+# Mask R-CNN demo's mask mAP@[.5:.95] drop (issue 16) as the detector's.
 BUDGETS = {
-    "fp16": {"map_drop": 0.2, "psnr_db": 45.0},
-    "int8": {"map_drop": 1.0, "psnr_db": 30.0},
+    "fp16": {"map_drop": 0.2, "psnr_db": 45.0, "mask_map_drop": 0.2},
+    "int8": {"map_drop": 1.0, "psnr_db": 30.0, "mask_map_drop": 1.0},
 }
 QUANTIZE_DEFAULT_SAMPLES = 128  # deploykit quantize's default; the demo uses fewer for time
 DEMO_CALIB_SAMPLES = 64
@@ -82,14 +83,17 @@ def _speed_rows(samples: dict[str, list[float]], reference: str) -> dict[str, di
 # -- detector ---------------------------------------------------------------------
 
 def detector_precision(paths: dict[str, Path], net, images: Sequence[np.ndarray], *, eval_images: int,
-                       rounds: int, threads: int, out: Path, echo: Echo) -> dict[str, Any]:
+                       rounds: int, threads: int, out: Path, echo: Echo, pictures: str = "detections"
+                       ) -> dict[str, Any]:
     """mAP per precision (one DetectorEval: PyTorch once, each graph once), pictures and speed.
 
+    Mask R-CNN adds the masks' mAP (``mask_map``, ``mask_map50``) to every row and draws the masks.
     Speed: end-to-end ``Detector.predict`` against torchvision eager ``model([img])`` in this
-    process, interleaved, median of ``rounds`` runs; ``images`` cycle over the rounds.
+    process, interleaved, median of ``rounds`` runs; ``images`` cycle over the rounds. Pictures are
+    ``<pictures>_<i>[_torch|_fp16|_int8].png``.
     """
     from ..compare.evaluate import DetectorEval
-    from ..compare.reference import reference_detections
+    from ..compare.reference import reference_detections, reference_prediction
     from ..manifest import read_manifest
     from ..runtime import Detector
     from ..runtime.detector import Detections
@@ -98,24 +102,30 @@ def detector_precision(paths: dict[str, Path], net, images: Sequence[np.ndarray]
     ev = DetectorEval(read_manifest(paths["fp32"]), samples=eval_images, artifact=paths["fp32"], threads=threads)
     ref = ev.reference_metrics()
     rows: dict[str, dict] = {}
+    keys = [k for k in ("map", "map50", "mask_map", "mask_map50") if k in ref]
     for p, path in paths.items():
         m = ev.artifact_metrics(path)
-        rows[p] = {"onnx": path.name, "map": m["map"], "map50": m["map50"],
-                   "drop": {"map": 100 * (ref["map"] - m["map"]), "map50": 100 * (ref["map50"] - m["map50"])}}
+        rows[p] = {"onnx": path.name, **{k: m[k] for k in keys},
+                   "drop": {k: 100 * (ref[k] - m[k]) for k in keys}}
+        masks = (f"; masks {100 * m['mask_map']:.2f} / {100 * m['mask_map50']:.2f} (drop "
+                 f"{rows[p]['drop']['mask_map']:+.2f} / {rows[p]['drop']['mask_map50']:+.2f})" if "mask_map" in m else "")
         echo(f"      {p}: mAP@[.5:.95] {100 * m['map']:.2f}, mAP@.5 {100 * m['map50']:.2f} "
-             f"(drop {rows[p]['drop']['map']:+.2f} / {rows[p]['drop']['map50']:+.2f} points)")
-    echo(f"      PyTorch: mAP@[.5:.95] {100 * ref['map']:.2f}, mAP@.5 {100 * ref['map50']:.2f} "
+             f"(drop {rows[p]['drop']['map']:+.2f} / {rows[p]['drop']['map50']:+.2f} points){masks}")
+    masks = f"; masks {100 * ref['mask_map']:.2f} / {100 * ref['mask_map50']:.2f}" if "mask_map" in ref else ""
+    echo(f"      PyTorch: mAP@[.5:.95] {100 * ref['map']:.2f}, mAP@.5 {100 * ref['map50']:.2f}{masks} "
          f"on {len(ev.images)} held-out images")
 
     detectors = {p: Detector(path, threads=threads) for p, path in paths.items()}
     try:
         for i, img in enumerate(images[:PICTURES]):
-            torch_dets = Detections(*reference_detections(net, img), class_names=detectors["fp32"].class_names)
-            draw_detections(img, torch_dets, min_score=0.3).save(out / f"detections_{i}_torch.png")
+            r = reference_prediction(net, img)
+            masks = None if "masks" not in r else (r["masks"] > 0.5).astype(np.uint8)
+            torch_dets = Detections(r["boxes"], r["scores"], r["labels"], detectors["fp32"].class_names, masks)
+            draw_detections(img, torch_dets, min_score=0.3).save(out / f"{pictures}_{i}_torch.png")
             for p, det in detectors.items():
                 suffix = "" if p == "fp32" else f"_{p}"  # detections_N.png stays the FP32 artifact's
-                draw_detections(img, det.predict(img), min_score=0.3).save(out / f"detections_{i}{suffix}.png")
-        echo(f"      wrote {out}/detections_0..{min(PICTURES, len(images)) - 1}[_torch|_fp16|_int8].png")
+                draw_detections(img, det.predict(img), min_score=0.3).save(out / f"{pictures}_{i}{suffix}.png")
+        echo(f"      wrote {out}/{pictures}_0..{min(PICTURES, len(images)) - 1}[_torch|_fp16|_int8].png")
         pick = lambda r: images[r % len(images)]  # noqa: E731
         sides: dict[str, Callable[[int], Any]] = {"torch_eager": lambda r: reference_detections(net, pick(r))}
         sides.update({p: (lambda r, d=det: d.predict(pick(r))) for p, det in detectors.items()})
@@ -124,8 +134,7 @@ def detector_precision(paths: dict[str, Path], net, images: Sequence[np.ndarray]
         for det in detectors.values():
             det.close()
     return {"model": (read_manifest(paths["fp32"]).get("model") or {}).get("name"), "images": len(ev.images),
-            "data": ev.source, "reference": {"map": ref["map"], "map50": ref["map50"],
-                                             **speed["torch_eager"]},
+            "data": ev.source, "reference": {**{k: ref[k] for k in keys}, **speed["torch_eager"]},
             "rows": rows}
 
 
@@ -242,13 +251,21 @@ def tensorrt_engines(paths_by_model: dict[str, dict[str, Path]], *, rounds: int,
 
 # -- budgets and summary ----------------------------------------------------------
 
-def budget_checks(detector: dict[str, Any], generator: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 4's budgets against the measured rows: one check per precision and model."""
+def budget_checks(detector: dict[str, Any], generator: dict[str, Any], mask_detector: dict[str, Any] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Issue 4's budgets against the measured rows: one check per precision and model (the Mask R-CNN
+    demo: its box and its mask mAP drop)."""
     checks = []
     for p, b in BUDGETS.items():
         drop = float(detector["rows"][p]["drop"]["map"])
         checks.append({"precision": p, "model": detector.get("model"), "metric": "mAP@[.5:.95] drop (points)",
                        "value": drop, "op": "<=", "limit": b["map_drop"], "ok": drop <= b["map_drop"]})
+        if mask_detector is not None:
+            for key, metric, limit in (("map", "mAP@[.5:.95] drop (points)", b["map_drop"]),
+                                       ("mask_map", "mask mAP@[.5:.95] drop (points)", b["mask_map_drop"])):
+                drop = float(mask_detector["rows"][p]["drop"][key])
+                checks.append({"precision": p, "model": mask_detector.get("model"), "metric": metric, "value": drop,
+                               "op": "<=", "limit": limit, "ok": drop <= limit, "key": key})
         psnr = float(generator["rows"][p]["psnr_mean"])
         checks.append({"precision": p, "model": generator.get("model"), "metric": "PSNR mean vs FP32 PyTorch (dB)",
                        "value": psnr, "op": ">=", "limit": b["psnr_db"], "ok": psnr >= b["psnr_db"]})
@@ -269,16 +286,21 @@ def summary_table(summary: dict[str, Any]):
     from rich.table import Table
 
     prec = summary["precision"]
-    det, gen = prec["detector"], prec["generator"]
+    det, gen, masked = prec["detector"], prec["generator"], prec.get("mask_detector")
     cal = prec["calibration"]
-    checks = {(c["precision"], c["model"]): c for c in prec["checks"]}
+    checks: dict[tuple, list] = {}
+    for c in prec["checks"]:
+        checks.setdefault((c["precision"], c["model"]), []).append(c)
     parity = {det["model"]: (summary.get("detector") or {}).get("parity", {}).get("ok"),
               gen["model"]: (summary.get("generator") or {}).get("ok")}
+    if masked:
+        parity[masked["model"]] = (summary.get("mask_detector") or {}).get("parity", {}).get("ok")
     fewer = f" (default {QUANTIZE_DEFAULT_SAMPLES}; fewer here for time)" if cal.get("samples", 0) < \
         QUANTIZE_DEFAULT_SAMPLES else ""
     table = Table(title="deploykit demo: accuracy and speed per precision (ONNX Runtime CPU vs PyTorch eager)",
                   caption=f"INT8 calibration: {cal.get('samples')} synthetic samples{fewer}, seed "
-                          f"{cal.get('seed')}, {cal.get('method')}. mAP on {det['images']} held-out images, PSNR/SSIM "
+                          f"{cal.get('seed')}, {cal.get('method')}. mAP (Mask R-CNN: box / mask mAP@[.5:.95]) on "
+                          f"{det['images']} held-out images, PSNR/SSIM "
                           f"on {gen['images']} held-out label maps; latency: median of {prec['rounds']} interleaved "
                           f"end-to-end runs, batch 1, {prec['threads']} threads.")
     for i, col in enumerate(("model", "precision", "accuracy", "Δ vs PyTorch", "latency", "speedup", "check")):
@@ -288,8 +310,9 @@ def summary_table(summary: dict[str, Any]):
         if p == "fp32":
             ok = parity.get(model)
             return "parity " + ("PASS" if ok else "FAIL")
-        c = checks[(p, model)]
-        return f"{c['op'].replace('<=', '≤').replace('>=', '≥')}{c['limit']:g} {'PASS' if c['ok'] else 'FAIL'}"
+        cs = checks[(p, model)]
+        c, ok = cs[0], all(x["ok"] for x in cs)
+        return f"{c['op'].replace('<=', '≤').replace('>=', '≥')}{c['limit']:g} {'PASS' if ok else 'FAIL'}"
 
     r = det["reference"]
     table.add_row(det["model"], "PyTorch", f"mAP {100 * r['map']:.2f} / @.5 {100 * r['map50']:.2f}", "",
@@ -299,6 +322,16 @@ def summary_table(summary: dict[str, Any]):
         table.add_row("", p, f"mAP {100 * row['map']:.2f} / @.5 {100 * row['map50']:.2f}",
                       f"{_signed(-row['drop']['map'])} / {_signed(-row['drop']['map50'])} pts", f"{row['latency_ms']:.1f} ms",
                       f"{row['speedup']:.2f}x", verdict(p, det["model"]))
+    if masked:
+        table.add_section()
+        r = masked["reference"]
+        table.add_row(masked["model"], "PyTorch", f"mAP {100 * r['map']:.2f} / mask {100 * r['mask_map']:.2f}", "",
+                      f"{r['latency_ms']:.1f} ms", "1.00x", "")
+        for p in PRECISIONS:
+            row = masked["rows"][p]
+            table.add_row("", p, f"mAP {100 * row['map']:.2f} / mask {100 * row['mask_map']:.2f}",
+                          f"{_signed(-row['drop']['map'])} / {_signed(-row['drop']['mask_map'])} pts",
+                          f"{row['latency_ms']:.1f} ms", f"{row['speedup']:.2f}x", verdict(p, masked["model"]))
     table.add_section()
     table.add_row(gen["model"], "PyTorch", "reference (FP32)", "", f"{gen['reference']['latency_ms']:.1f} ms",
                   "1.00x", "")

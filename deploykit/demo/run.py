@@ -21,7 +21,7 @@ from .precision import (
     tensorrt_engines,
 )
 
-STEPS = 8
+STEPS = 10
 
 
 def run_demo(output_dir: str | Path, *, n_images: int = 20, eval_images: int = 100, spade_eval_images: int = 16,
@@ -32,7 +32,8 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, eval_images: int = 1
     Detector (fasterrcnn_demo): export, parity on ``n_images`` held-out images, FP16/INT8
     graphs (``calib_samples`` synthetic calibration samples), mAP per precision on
     ``eval_images`` held-out images next to PyTorch, pictures and end-to-end speed per
-    precision against torchvision eager (median of ``rounds`` interleaved runs). SPADE
+    precision against torchvision eager (median of ``rounds`` interleaved runs). Mask R-CNN
+    (maskrcnn_demo): the same with masks in the image's pixels (parity per mask, mask mAP). SPADE
     (spade_demo): the same with PSNR/SSIM on ``spade_eval_images`` label maps. TensorRT
     engines where TensorRT and a GPU exist. Writes pictures, ``summary.json`` and
     ``report.html`` to ``output_dir``; returns the summary, whose ``ok`` is True when parity
@@ -110,32 +111,37 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, eval_images: int = 1
                                   "latency_ms": lat, "latency_stat": "median", "latency_samples_ms": samples,
                                   "speedup": det["rows"]["fp32"]["speedup"]}}
 
-    echo(f"[5/{STEPS}] SPADE demo generator: export, parity against PyTorch, pictures")
+    mask_summary, mask_det, mask_paths = _mask_demo(out, images, eval_images=eval_images, calib_samples=calib_samples,
+                                                    rounds=rounds, threads=threads, echo=echo)
+    summary["mask_detector"] = mask_summary
+
+    echo(f"[7/{STEPS}] SPADE demo generator: export, parity against PyTorch, pictures")
     spade = _spade_demo(out, n_images=max(2, n_images // 5), threads=threads, echo=echo)
     summary["generator"] = spade
 
-    echo(f"[6/{STEPS}] spade_demo FP16 and INT8 graphs: calibration on {calib_samples} synthetic label maps{fewer}")
+    echo(f"[8/{STEPS}] spade_demo FP16 and INT8 graphs: calibration on {calib_samples} synthetic label maps{fewer}")
     gen_paths, _ = quantize_all(Path(spade["onnx"]), samples=calib_samples, threads=threads, echo=echo)
 
-    echo(f"[7/{STEPS}] spade_demo accuracy, pictures and speed per precision: PSNR/SSIM vs FP32 PyTorch on "
+    echo(f"[9/{STEPS}] spade_demo accuracy, pictures and speed per precision: PSNR/SSIM vs FP32 PyTorch on "
          f"{spade_eval_images} held-out label maps; Generator.generate vs PyTorch, median of {rounds} runs")
     gen = generator_precision(gen_paths, eval_images=spade_eval_images, rounds=rounds, threads=threads, out=out,
                               echo=echo)
 
-    echo(f"[8/{STEPS}] TensorRT engines per precision")
-    trt = tensorrt_engines({name: det_paths, gen["model"]: gen_paths}, rounds=rounds, threads=threads, out=out,
-                           echo=echo)
+    echo(f"[10/{STEPS}] TensorRT engines per precision")
+    trt = tensorrt_engines({name: det_paths, mask_det["model"]: mask_paths, gen["model"]: gen_paths}, rounds=rounds,
+                           threads=threads, out=out, echo=echo)
 
-    checks = budget_checks(det, gen)
+    checks = budget_checks(det, gen, mask_det)
     echo("budgets (issue 4):")
     for c in checks:
         echo("  " + check_line(c))
-    parity_ok = bool(report_ok and spade["ok"])
+    parity_ok = bool(report_ok and spade["ok"] and mask_summary["parity"]["ok"])
     budgets_ok = all(c["ok"] for c in checks)
     summary["precision"] = {"calibration": {"samples": calib_samples, "seed": 0, "method": "entropy",
                                             "default_samples": QUANTIZE_DEFAULT_SAMPLES, **calibration},
                             "budgets": BUDGETS, "rounds": rounds, "threads": threads,
-                            "detector": det, "generator": gen, "checks": checks, "tensorrt": trt,
+                            "detector": det, "mask_detector": mask_det, "generator": gen, "checks": checks,
+                            "tensorrt": trt,
                             "ok": budgets_ok}
     summary["ok"] = parity_ok and budgets_ok
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -147,6 +153,42 @@ def run_demo(output_dir: str | Path, *, n_images: int = 20, eval_images: int = 1
     echo(f"result: parity {'PASS' if parity_ok else 'FAIL'}, precision budgets {'PASS' if budgets_ok else 'FAIL'} "
          f"({summary['seconds']:.0f} s)")
     return summary
+
+
+def _mask_demo(out: Path, images: list, *, eval_images: int, calib_samples: int, rounds: int, threads: int,
+               echo: Callable[[str], None]) -> tuple[dict, dict, dict]:
+    """Steps 5 and 6: maskrcnn_demo exported (dynamic size, masks pasted in the graph), parity with masks,
+    FP16/INT8, box and mask mAP, pictures with masks and speed. Returns (summary, precision rows, paths)."""
+    from .. import models
+    from ..compare.parity import detector_parity
+    from ..export.detector import detector_class_names, export_detector, model_info
+
+    name = "maskrcnn_demo"
+    ckpt = models.resolve_checkpoint(name, None)
+    echo(f"[5/{STEPS}] export {name} ({'bundled checkpoint' if ckpt else 'NO checkpoint: random weights'}), FP32, "
+         "pixels in, dynamic size, masks pasted in the graph; parity with masks")
+    net = models.build(name, ckpt)
+    path = out / f"{name}.onnx"
+    t0 = time.perf_counter()
+    manifest = export_detector(net, path, input="image", model_info=model_info(name, ckpt, {}),
+                               class_names=detector_class_names(name, net))
+    per_pixel = manifest["postprocessing"]["masks"]["bytes_per_image_pixel"]
+    echo(f"      wrote {path} (masks uint8 [B, {per_pixel}, h, w] in the image's pixels: {per_pixel} bytes per image "
+         f"pixel) in {time.perf_counter() - t0:.1f} s")
+    report = detector_parity(path, net, images, threads=threads)
+    s = report.summary()
+    echo(f"      vs the model as built: matched {s['matched']} detections (score >= 0.3), unmatched ref/artifact "
+         f"{s['unmatched_reference']}/{s['unmatched_artifact']}, min IoU {s['min_iou']:.5f}, "
+         f"{s['masks_compared']} masks with min mask IoU {s['min_mask_iou']:.5f} -> {'PASS' if report.ok else 'FAIL'}")
+    echo(f"[6/{STEPS}] {name} FP16 and INT8, box and mask mAP on {eval_images} held-out images, pictures, speed")
+    paths, _ = quantize_all(path, samples=calib_samples, threads=threads, echo=echo)
+    det = detector_precision(paths, net, images, eval_images=eval_images, rounds=rounds, threads=threads, out=out,
+                             echo=echo, pictures="masks")
+    summary = {"model": name, "onnx": str(path), "parity": s, "per_image": report.per_image,
+               "latency_ms": {"torch_eager": det["reference"]["latency_ms"],
+                              **{f"onnxruntime {p}": det["rows"][p]["latency_ms"] for p in PRECISIONS}},
+               "latency_stat": "median", "speedup": det["rows"]["fp32"]["speedup"]}
+    return summary, det, paths
 
 
 def _spade_demo(out: Path, *, n_images: int, threads: int, echo: Callable[[str], None],

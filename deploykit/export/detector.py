@@ -15,8 +15,7 @@ from ..fileio import sha256_file
 from ..manifest import write_manifest
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
 from .detection.mask_paste import attach_paste
-from .detection.mask_rcnn import (DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES,
-                                   ExportableMaskRCNN)
+from .detection.mask_rcnn import DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES, ExportableMaskRCNN
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
 from .rules import check_graph

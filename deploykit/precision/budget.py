@@ -42,6 +42,7 @@ __all__ = ["Budget", "parse_budget", "layer_sensitivity", "meet_budget", "Budget
 METRICS = {
     "map-drop": ("detector", "max", "mAP@[.5:.95] points below the PyTorch reference"),
     "map50-drop": ("detector", "max", "mAP@.5 points below the PyTorch reference"),
+    "mask-map-drop": ("detector", "max", "mask mAP@[.5:.95] points below the PyTorch reference (Mask R-CNN)"),
     "psnr": ("generator", "min", "mean PSNR (dB) against the FP32 PyTorch output"),
     "ssim": ("generator", "min", "mean SSIM against the FP32 PyTorch output"),
 }

@@ -48,7 +48,10 @@ def budget_evaluator(manifest: dict[str, Any], budget: Budget, *, data: str | os
     if manifest["kind"] == "detector":
         ev = DetectorEval(manifest, data=data, samples=samples, threads=threads, progress=progress)
         ref = ev.reference_metrics()
-        key = {"map-drop": "map", "map50-drop": "map50"}[budget.metric]
+        key = {"map-drop": "map", "map50-drop": "map50", "mask-map-drop": "mask_map"}[budget.metric]
+        if key not in ref:
+            raise BadInput(expected_got("--accuracy-budget mask-map-drop", "a Mask R-CNN graph (with masks)",
+                                        "a detector without masks"))
 
         def evaluate(candidate) -> float:
             return 100.0 * (ref[key] - ev.artifact_metrics(as_path(candidate))[key])

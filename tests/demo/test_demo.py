@@ -40,7 +40,19 @@ def test_budget_checks_hold_at_the_limits_and_fail_past_them():
     assert [c["ok"] for c in checks] == [False, True, True, False]
     assert check_line(checks[0]) == "fp16  fasterrcnn_demo: mAP@[.5:.95] drop (points) 0.21 ≤ 0.2 -> FAIL"
     assert check_line(checks[3]) == "int8  spade_demo: PSNR mean vs FP32 PyTorch (dB) 29.90 ≥ 30 -> FAIL"
-    assert BUDGETS == {"fp16": {"map_drop": 0.2, "psnr_db": 45.0}, "int8": {"map_drop": 1.0, "psnr_db": 30.0}}
+    assert BUDGETS == {"fp16": {"map_drop": 0.2, "psnr_db": 45.0, "mask_map_drop": 0.2},
+                       "int8": {"map_drop": 1.0, "psnr_db": 30.0, "mask_map_drop": 1.0}}
+
+
+def test_mask_detector_budgets_check_its_box_and_its_mask_map():
+    det, gen = _rows({"fp32": 0.0, "fp16": 0.1, "int8": 0.5}, {"fp32": 100.0, "fp16": 60.0, "int8": 40.0})
+    masked = {"model": "maskrcnn_demo", "rows": {p: {"drop": {"map": 0.0, "mask_map": d}} for p, d in
+                                                 (("fp32", 0.0), ("fp16", 0.25), ("int8", 0.9))}}
+    checks = [c for c in budget_checks(det, gen, masked) if c["model"] == "maskrcnn_demo"]
+    assert [(c["precision"], c["metric"], c["ok"]) for c in checks] == [
+        ("fp16", "mAP@[.5:.95] drop (points)", True), ("fp16", "mask mAP@[.5:.95] drop (points)", False),
+        ("int8", "mAP@[.5:.95] drop (points)", True), ("int8", "mask mAP@[.5:.95] drop (points)", True)]
+    assert check_line(checks[1]) == "fp16  maskrcnn_demo: mask mAP@[.5:.95] drop (points) 0.25 ≤ 0.2 -> FAIL"
 
 
 def test_interleaved_timing_runs_every_side_once_per_round_on_that_rounds_input():
@@ -65,7 +77,7 @@ def test_summary_table_shows_every_precision_with_its_numbers(precision_summary)
                    for line in text.splitlines()), (numbers, text)
     caption = " ".join(text.split())
     assert "64 synthetic samples (default 128; fewer here for time)" in caption
-    assert "mAP on 100 held-out images" in caption and "median of 3 interleaved" in caption
+    assert "on 100 held-out images" in caption and "median of 3 interleaved" in caption
 
 
 @pytest.mark.parametrize("ok, code", [(True, 0), (False, 1)])
@@ -121,15 +133,16 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
     summary = json.loads((out / "summary.json").read_text())
     prec = summary["precision"]
     # the exit code is the verdict: parity and every budget, recomputed here from the measured rows
-    checks = budget_checks(prec["detector"], prec["generator"])
+    checks = budget_checks(prec["detector"], prec["generator"], prec["mask_detector"])
     assert checks == prec["checks"]
-    ok = summary["detector"]["parity"]["ok"] and summary["generator"]["ok"] and all(c["ok"] for c in checks)
+    ok = (summary["detector"]["parity"]["ok"] and summary["generator"]["ok"] and summary["mask_detector"]["parity"]["ok"]
+          and all(c["ok"] for c in checks))
     assert summary["ok"] == ok and r.exit_code == (0 if ok else 1), r.output
     assert ok, r.output  # the demo models meet issue 4's budgets
     for c in checks:
         assert f"  {check_line(c)}" in r.output
     # FP16/INT8 graphs with manifests saying how they were made
-    for model in ("fasterrcnn_demo", "spade_demo"):
+    for model in ("fasterrcnn_demo", "maskrcnn_demo", "spade_demo"):
         for p in ("fp16", "int8"):
             m = json.loads((out / f"{model}_{p}.json").read_text())
             assert m["precision"]["mode"] == p and m["precision"]["low_precision_nodes"] > 0
@@ -141,6 +154,12 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
     # computes: no mAP drop, PSNR at the cap
     assert det["reference"]["map"] > 0.7 and abs(det["rows"]["fp32"]["drop"]["map"]) < 0.01
     assert gen["rows"]["fp32"]["psnr_mean"] > 90
+    # Mask R-CNN (issue 16): parity with masks; box and mask mAP; FP16/INT8 within the mask budgets
+    masked, mp = prec["mask_detector"], summary["mask_detector"]["parity"]
+    assert mp["ok"] and mp["masks_compared"] > 0 and mp["min_mask_iou"] >= 0.99, mp
+    assert masked["reference"]["mask_map"] > 0.7 and abs(masked["rows"]["fp32"]["drop"]["mask_map"]) < 0.01
+    for p in ("fp16", "int8"):
+        assert masked["rows"][p]["drop"]["mask_map"] <= BUDGETS[p]["mask_map_drop"], (p, masked["rows"][p])
     # beyond the verdict's mean-based checks: mAP@.5 within the same budget, every label map's PSNR
     # above the floor, structure kept
     for p, budget in (("fp16", BUDGETS["fp16"]), ("int8", BUDGETS["int8"])):
@@ -156,13 +175,13 @@ def test_reduced_demo_writes_every_precision_and_exits_by_parity_and_budgets(red
     assert prec["tensorrt"].get("skipped") or prec["tensorrt"].get("engines")
     # pictures per precision, and the printed table ends the run with the report path
     for p in ("_torch", "", "_fp16", "_int8"):
-        assert (out / f"detections_0{p}.png").is_file()
+        assert (out / f"detections_0{p}.png").is_file() and (out / f"masks_0{p}.png").is_file()
     assert (out / "spade_demo_precision_panels.png").is_file()
     tail = r.output.strip().splitlines()
     assert tail[-2] == f"report: {out / 'report.html'}"
     assert re.search(r"│\s+int8\s+│\s+mAP [\d.]+ / @\.5 [\d.]+", r.output), r.output
-    for step in range(1, 9):
-        assert f"[{step}/8]" in r.output
+    for step in range(1, 11):
+        assert f"[{step}/10]" in r.output
 
 
 def prec_ref_ms(prec: dict, side: dict) -> float:
@@ -182,7 +201,11 @@ def test_reduced_demo_report_has_the_precision_section_with_summary_numbers(redu
     for p, r in prec["generator"]["rows"].items():
         assert re.search(rf"<td class=\"l\">{p}</td><td[^>]*>{r['psnr_mean']:.2f}</td><td[^>]*>{r['psnr_min']:.2f}"
                          rf"</td><td[^>]*>{r['ssim_mean']:.5f}</td>", sec), p
-    assert sec.count('src="data:image/png;base64,') == 4 * 2 + 1  # 2 images x 4 sides, SPADE panel
+    for p, r in prec["mask_detector"]["rows"].items():
+        assert re.search(rf"<td class=\"l\">{p}</td><td[^>]*>{100 * r['map']:.2f}</td>.*?<td[^>]*>"
+                         rf"{100 * r['mask_map']:.2f}</td><td[^>]*>{r['drop']['mask_map']:.2f}</td>", sec), p
+    # 2 images x 4 sides, boxes and masks, and the SPADE panel
+    assert sec.count('src="data:image/png;base64,') == 2 * 4 * 2 + 1
     assert "http://" not in text and "https://" not in text
 
 

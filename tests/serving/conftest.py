@@ -60,3 +60,6 @@ def _same_detections(got, want, what=""):
     np.testing.assert_array_equal(got.labels, want.labels, err_msg=what)
     assert got.boxes.dtype == want.boxes.dtype and got.labels.dtype == want.labels.dtype
     assert got.class_names == want.class_names
+    assert (got.masks is None) == (want.masks is None), what
+    if want.masks is not None:
+        np.testing.assert_array_equal(got.masks, want.masks, err_msg=f"{what} masks")

@@ -26,14 +26,15 @@ PROTOCOLS = ("http", "grpc")
 
 
 @pytest.fixture(scope="module")
-def server(triton, demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx, tmp_path_factory):
-    """det / pix / gen: deploykit's pipeline in the Python backend; *_graph: the graphs' own interface (what
-    Triton's ONNX Runtime backend takes), run by deploykit's Session in the Python backend."""
+def server(triton, demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx, demo_maskrcnn_onnx,
+           tmp_path_factory):
+    """det / pix / gen / mask: deploykit's pipeline in the Python backend; *_graph: the graphs' own interface
+    (what Triton's ONNX Runtime backend takes), run by deploykit's Session in the Python backend."""
     repo = tmp_path_factory.mktemp("repository")
-    artifacts = [demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx]
-    write_repository(artifacts, repo, names=["det", "pix", "gen"], options=RepositoryOptions(backend="python",
-                                                                                             threads=1))
-    write_repository(artifacts, repo, names=["det_graph", "pix_graph", "gen_graph"],
+    artifacts = [demo_detector_onnx, demo_detector_pixels_onnx, demo_generator_onnx, demo_maskrcnn_onnx]
+    write_repository(artifacts, repo, names=["det", "pix", "gen", "mask"],
+                     options=RepositoryOptions(backend="python", threads=1))
+    write_repository(artifacts, repo, names=["det_graph", "pix_graph", "gen_graph", "mask_graph"],
                      options=RepositoryOptions(backend="python-graph", threads=1))
     return triton(repo)
 
@@ -55,6 +56,20 @@ def answers(demo_detector_onnx, demo_detector_pixels_onnx, images):
         with Detector(artifact, threads=1) as det:
             out[key] = [det.predict(image) for image in images]
     return out
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["mask", "mask_graph"])
+def test_masks_over_the_wire_equal_the_in_process_detector(server, demo_maskrcnn_onnx, protocol, model,
+                                                          same_detections):
+    """Mask R-CNN: the pipeline sends each request's own masks (its detections, its image size); the graph
+    interface sends the graph's pasted masks. Both give the in-process Detector's masks exactly."""
+    photos = held_out_images(4)
+    with Detector(demo_maskrcnn_onnx, threads=1) as det, Client(url(server, protocol), model) as client:
+        for i, image in enumerate(photos):
+            want = det.predict(image)
+            assert want.masks is not None and len(want) > 0
+            same_detections(client.predict(image), want, f"{protocol} {model} image {i} {image.shape}")
 
 
 @pytest.fixture(scope="module")
