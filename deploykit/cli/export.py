@@ -28,9 +28,13 @@ def models_cmd() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="State dict to load (torchvision COCO .pth, NVlabs SPADE latest_net_G.pth). "
                    "Default: the bundled checkpoint for demo models, random weights otherwise.")
-@click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
-              help="Detector graph input. image: uint8 pixels [B,h,w,3] RGB of any size in --image-size-range; "
-                   "resize, normalisation, padding and the rescale of the boxes to the image happen in the graph. "
+@click.option("--input", "input_kind", type=click.Choice(["image", "image-list", "tensor"]), default="image",
+              show_default=True,
+              help="Detector graph input. image: uint8 pixels [B,h,w,3] RGB of any size in --image-size-range (one "
+                   "size per call); resize, normalisation, padding and the rescale of the boxes to the image happen "
+                   "in the graph. image-list: B images of DIFFERENT sizes in one call, as torchvision batches a list: "
+                   "`image` [B,H,W,3] (each zero-padded to the largest), `image_hw` int32 [B,2] (each one's size) "
+                   "and `canvas` uint8 [Hp,Wp] (its shape: the batch's padded size; the runtimes make it). "
                    "tensor: preprocessed float32 `images` [B,3,H,W] + `image_sizes` [B,2] (you preprocess).")
 @click.option("--input-size", help="Detector: a FIXED canvas HxW (multiples of 32): static shapes, anchors baked, "
                                    "images fitted into it; parity is then against the model configured to the canvas "

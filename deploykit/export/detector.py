@@ -14,6 +14,7 @@ from ..errors import BadInput, expected_got
 from ..fileio import sha256_file
 from ..manifest import write_manifest
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
+from .detection.image_list import front_end_list
 from .detection.mask_paste import attach_paste
 from .detection.mask_rcnn import DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES, ExportableMaskRCNN
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
@@ -38,7 +39,7 @@ def _tensor_specs(model, names: list[str], dynamic: bool) -> list[dict[str, Any]
 
 DEFAULT_IMAGE_RANGE = ((32, 32), (4096, 4096))  # pixels-in graphs: smallest and largest (h, w) accepted
 DEFAULT_OPT_IMAGE = (720, 1280)  # the TensorRT profile's opt shape unless given (an HD frame)
-INPUTS = ("tensor", "image")
+INPUTS = ("tensor", "image", "image-list")
 MASK_FORMS = ("pasted", "compact", "both")  # Mask R-CNN: image-size masks, M×M masks + paste boxes, or both
 MAX_PASTED_ELEMENTS = 2**31 - 1  # TensorRT's largest tensor volume; B × K × h × w of the pasted masks
 
@@ -136,7 +137,11 @@ def export_detector(
     say = progress or (lambda msg: None)
     _check_options(input, input_size, batch, dynamic_batch, score_threshold, nms_iou, max_detections)
     dynamic = input_size is None
-    pixels = input == "image"
+    pixels = input in ("image", "image-list")
+    listed = input == "image-list"
+    if listed and not dynamic:
+        raise BadInput(expected_got("--input image-list", "the model's own resize (no --input-size): each image is "
+                                    "resized from its own size, as torchvision batches a list", "--input-size"))
     with_masks = isinstance(model, MaskRCNN)
     if with_masks:
         _check_mask_options(input, raw, masks, mask_threshold)
@@ -188,9 +193,13 @@ def export_detector(
                                dim_names={f"{d}*ph": "padded_height", f"{d}*pw": "padded_width"})
     if pixels:
         say("adding the pixels-in front end (resize, normalise, pad) and merging")
-        front = front_end(mean=tuple(t.image_mean), std=tuple(t.image_std), size_divisible=d,
-                          min_size=min_size if dynamic else None, max_size=max_size if dynamic else None,
-                          canvas=canvas, batch="batch" if dynamic_batch else batch, opset=opset)
+        if listed:
+            front = front_end_list(mean=tuple(t.image_mean), std=tuple(t.image_std), min_size=min_size,
+                                   max_size=max_size, batch="batch" if dynamic_batch else batch, opset=opset)
+        else:
+            front = front_end(mean=tuple(t.image_mean), std=tuple(t.image_std), size_divisible=d,
+                              min_size=min_size if dynamic else None, max_size=max_size if dynamic else None,
+                              canvas=canvas, batch="batch" if dynamic_batch else batch, opset=opset)
         onnx_model = attach_front_end(front, onnx_model)
         if with_masks and masks != "compact":
             say("adding the mask paste (image-size masks, two matrix products per detection)")
@@ -223,7 +232,7 @@ def export_detector(
     }
     if dynamic:
         preprocessing.update({"min_size": min_size, "max_size": max_size})
-        if not pixels:
+        if not pixels or listed:  # the padded network size is an input dimension (images / canvas)
             oh, ow = torchvision_resized_size(*(opt_image_size or DEFAULT_OPT_IMAGE), min_size=min_size,
                                               max_size=max_size)
             preprocessing["padded_size_range"] = {"min": [d, d], "opt": [-(-oh // d) * d, -(-ow // d) * d],
@@ -235,7 +244,7 @@ def export_detector(
     manifest = {
         "kind": "detector",
         "model": info,
-        "inputs": _tensor_specs(onnx_model, ["image"] if pixels else list(INPUT_NAMES), dyn),
+        "inputs": _tensor_specs(onnx_model, [i.name for i in onnx_model.graph.input], dyn),
         "outputs": _tensor_specs(onnx_model, [o.name for o in onnx_model.graph.output], dyn),
         "batch": {"dynamic": dyn, "min": 1, "opt": 1 if dyn else batch, "max": int(dynamic_batch) if dyn else batch},
         "preprocessing": preprocessing,
@@ -260,9 +269,9 @@ def export_detector(
 
 
 def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | None) -> None:
-    if input != "image":
-        raise BadInput(expected_got("--input for a Mask R-CNN", "'image' (masks are made in the original image's "
-                                    "pixels, which a tensor-input graph does not know)", repr(input)))
+    if input == "tensor":
+        raise BadInput(expected_got("--input for a Mask R-CNN", "'image' or 'image-list' (masks are made in the "
+                                    "original image's pixels, which a tensor-input graph does not know)", repr(input)))
     if raw:
         raise BadInput(expected_got("--raw", "a Faster R-CNN (Mask R-CNN raw parity uses the Python API's "
                                     "debug_outputs)", "a Mask R-CNN"))

@@ -37,11 +37,12 @@ from ..errors import BadInput, expected_got
 from ..manifest import manifest_path
 from .backends import load
 from .masks import DEFAULT_MASK_THRESHOLD, paste_masks, rle_encode
-from .preprocess import Preprocessing, pixel_batch, preprocess_batch, to_rgb
+from .preprocess import Preprocessing, image_list_batch, pixel_batch, preprocess_batch, to_rgb
 from .session import OwnsSession, Session
 
 INPUTS = ("images", "image_sizes")
 PIXEL_INPUTS = ("image",)
+LIST_INPUTS = ("image", "image_hw", "canvas")  # image-list graphs: images of different sizes in one call
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
 PASTED_MASKS = "masks"
 COMPACT_MASKS = ("mask_probs", "mask_boxes")
@@ -168,9 +169,11 @@ class Detector(OwnsSession):
         inputs = {s.name: s for s in session.inputs}
         outputs = {s.name for s in session.outputs}
         pre = self.preprocessing
-        expected = PIXEL_INPUTS if pre.in_graph else INPUTS
+        self.image_list = pre.in_graph and (manifest.get("preprocessing") or {}).get("input") == "image-list"
+        expected = LIST_INPUTS if self.image_list else PIXEL_INPUTS if pre.in_graph else INPUTS
         if sorted(inputs) != sorted(expected):
-            hint = " (manifest preprocessing.in_graph says " + ("pixels-in" if pre.in_graph else "tensor-input") + ")"
+            hint = " (manifest preprocessing says " + ("image-list" if self.image_list else "pixels-in" if pre.in_graph
+                                                        else "tensor-input") + ")"
             raise BadInput(expected_got(f"{where} inputs", list(expected), f"{sorted(inputs)}{hint}"))
         missing = [name for name in OUTPUTS if name not in outputs]
         if missing:
@@ -227,10 +230,14 @@ class Detector(OwnsSession):
                 ``image 0``, ``image 1``...), e.g. the file names.
 
         Returns:
-            :class:`Detections` for one array, a list of them for a list. Lists
-            run in batches of up to the model's batch size (for a pixels-in graph,
-            of consecutive images of one size: the images of one run share a size);
-            a fixed batch's last chunk is filled with copies whose results are dropped.
+            :class:`Detections` for one array, a list of them for a list, ``result[i]`` for
+            ``images[i]``, each in its own image's pixels. Lists run in chunks of up to the
+            model's batch size, in order. An image-list graph (``--input image-list``) runs a
+            chunk of any sizes as **one** call, as torchvision's ``model([a, b, c])`` does: each
+            image resized from its own size, all padded to the chunk's largest (so results equal
+            ``model(chunk)``'s, which can differ slightly from ``model([a])``: the padding
+            differs). A pixels-in graph runs consecutive images of one size per call. A fixed
+            batch's last chunk is filled with copies whose results are dropped.
         """
         if isinstance(images, np.ndarray):
             return self._predict_batch([images], names=names)[0]
@@ -242,7 +249,7 @@ class Detector(OwnsSession):
         start = 0
         while start < len(images):
             stop = min(start + step, len(images))
-            if self.pixels_in:  # a run of one size
+            if self.pixels_in and not self.image_list:  # a run of one size
                 first = np.shape(images[start])[:2]
                 stop = next((i for i in range(start + 1, stop) if np.shape(images[i])[:2] != first), stop)
             results.extend(self._predict_batch(images[start:stop], offset=start,
@@ -260,16 +267,22 @@ class Detector(OwnsSession):
         """The graph's feed for ``images`` (at most ``batch_size``), and each image's resized size.
 
         Pixels-in graphs get the uint8 images (resized sizes are then computed by the graph;
-        the returned ones are what torchvision computes, for reference); tensor-input graphs
-        get the numpy preprocessing. A fixed batch larger than ``len(images)`` is filled (blank
-        images for a tensor graph, copies of the last image for a pixels-in graph; :meth:`predict`
-        drops their results).
+        the returned ones are what torchvision computes, for reference); image-list graphs get them
+        in slots of the largest size with their sizes and the batch's canvas
+        (:func:`~deploykit.runtime.preprocess.image_list_batch`); tensor-input graphs get the numpy
+        preprocessing. A fixed batch larger than ``len(images)`` is filled (blank images for a
+        tensor graph, copies of the last image for a pixels-in graph; :meth:`predict` drops their
+        results).
         """
         if names is None:
             names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
         rgb = [to_rgb(image, name) for image, name in zip(images, names)]
         sizes = [self.preprocessing.resized_size(*image.shape[:2]) for image in rgb]
         fill = self.batch_range[0] - len(rgb)
+        if self.image_list:
+            if fill > 0:
+                rgb, names = rgb + [rgb[-1]] * fill, list(names) + [names[-1]] * fill
+            return image_list_batch(rgb, self.preprocessing, names), sizes
         if self.pixels_in:
             pixels = pixel_batch(rgb, self.preprocessing, names)
             if fill > 0:
@@ -309,8 +322,8 @@ class Detector(OwnsSession):
         """Image ``i``'s ``n`` masks in its own pixels: the graph's pasted ones, or the compact ones pasted here."""
         if self.mask_form is None:
             return None, None
-        if self.mask_form == "pasted":
-            pasted = out[PASTED_MASKS][i, :n]
+        if self.mask_form == "pasted":  # an image-list batch pastes into slots of the largest size: crop
+            pasted = out[PASTED_MASKS][i, :n, :original[0], :original[1]]
             if pasted.dtype == np.uint8:  # binary, thresholded in the graph
                 return pasted.copy(), None
             probs = np.asarray(pasted, dtype=np.float32).copy()

@@ -257,7 +257,7 @@ def _pixel_divisor(pixel_scale: float) -> float | None:
     return float(round(inv)) if abs(inv - round(inv)) < 1e-9 else None
 
 
-def _padded_canvas_size(pre: Preprocessing, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+def padded_batch_size(pre: Preprocessing, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """The batch tensor's (H, W): the canvas (fixed), or the largest resized size rounded up to
     ``size_divisible`` (dynamic, torchvision's ``batch_images``)."""
     if not pre.dynamic:
@@ -293,7 +293,7 @@ def _normalised_resized(rgb: np.ndarray, pre: Preprocessing, what: str) -> tuple
 def preprocess_image(image: Any, pre: Preprocessing, what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
     """One image -> (float32 ``[3, H, W]`` padded tensor, resized size ``(h', w')`` before padding)."""
     x, size = _normalised_resized(to_rgb(image, what), pre, what)
-    canvas = np.full((3, *_padded_canvas_size(pre, [size])), pre.pad_value, dtype=np.float32)
+    canvas = np.full((3, *padded_batch_size(pre, [size])), pre.pad_value, dtype=np.float32)
     canvas[:, : size[0], : size[1]] = x.transpose(2, 0, 1)
     return canvas, size
 
@@ -315,7 +315,7 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[
         x, size = _normalised_resized(to_rgb(image, name), pre, name)
         resized.append(x)
         sizes.append(size)
-    height, width = _padded_canvas_size(pre, sizes)
+    height, width = padded_batch_size(pre, sizes)
     batch = np.full((len(resized), 3, height, width), pre.pad_value, dtype=np.float32)
     for i, (x, size) in enumerate(zip(resized, sizes)):
         batch[i, :, : size[0], : size[1]] = x.transpose(2, 0, 1)
@@ -341,3 +341,27 @@ def pixel_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] 
     if not rgb:
         return np.zeros((0, 1, 1, 3), np.uint8)
     return np.stack(rgb)
+
+
+def image_list_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Images of any sizes -> the feed of an image-list graph (``deploykit export --input image-list``):
+    ``image`` uint8 [B, H, W, 3] (each at the top-left of its slot, zeros beyond; H, W the largest),
+    ``image_hw`` int32 [B, 2] (each image's size) and ``canvas`` uint8 [Hp, Wp] (zeros; its shape is the
+    batch's padded size by torchvision's rule: :func:`padded_batch_size` of the resized sizes).
+    Sizes are checked against the manifest's ``image_size_range``; no pixel is resampled here."""
+    if names is None:
+        names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
+    rgb = [to_rgb(image, name) for image, name in zip(images, names)]
+    (low_h, low_w), (high_h, high_w) = pre.image_size_range
+    for image, name in zip(rgb, names):
+        h, w = image.shape[:2]
+        if not (low_h <= h <= high_h and low_w <= w <= high_w):
+            raise BadInput(expected_got(f"{name} size", f"{pre.describe_range()}", f"{h}x{w}"))
+    hw = np.asarray([image.shape[:2] for image in rgb], np.int32).reshape(-1, 2)
+    height, width = (int(hw[:, 0].max()), int(hw[:, 1].max())) if len(rgb) else (1, 1)
+    batch = np.zeros((len(rgb), height, width, 3), np.uint8)
+    for i, image in enumerate(rgb):
+        batch[i, : image.shape[0], : image.shape[1]] = image
+    canvas = padded_batch_size(pre, [pre.resized_size(int(h), int(w)) for h, w in hw])
+    return {"image": batch, "image_hw": hw, "canvas": np.zeros(canvas, np.uint8)}

@@ -134,7 +134,7 @@ class Session:
                         raise BadInput(expected_got(
                             f"input {spec.name!r} dim {axis} ({want})",
                             f"{seen[0]} as in input {seen[1]!r}", have))
-            if self._batch_range and spec.shape and isinstance(spec.shape[0], str):
+            if self._batch_range and spec.shape and spec.shape[0] == "batch":
                 low, high = self._batch_range
                 if not low <= array.shape[0] <= high:
                     raise BadInput(expected_got(f"input {spec.name!r} batch",

@@ -113,7 +113,7 @@ def test_architecture_mask_logits(name, tmp_path):
 
 def test_mask_rcnn_export_refuses_what_it_cannot_do(tmp_path):
     net = models.build("maskrcnn_demo")
-    cases = [({"input": "tensor"}, "--input for a Mask R-CNN: expected 'image'"),
+    cases = [({"input": "tensor"}, "--input for a Mask R-CNN: expected 'image' or 'image-list'"),
              ({"input": "image", "raw": True}, "--raw: expected a Faster R-CNN"),
              ({"input": "image", "masks": "sparse"}, "--masks: expected 'pasted' or 'compact' or 'both'"),
              ({"input": "image", "mask_threshold": 1.5}, "--mask-threshold: expected a value in [0, 1)"),

@@ -38,8 +38,9 @@ def _coordinates(g: _Builder, pixels: str, axis: int) -> str:
     return g.op("Unsqueeze", index, g.const([1]), hint="coordinates")
 
 
-def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int) -> str:
-    """Bilinear weights [B, K, n, M+2] of output pixels ``coords`` [B, 1, n] for boxes ``first..last`` [B, K, 1]."""
+def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int, extent: str) -> str:
+    """Bilinear weights [B, K, n, M+2] of output pixels ``coords`` [B, 1, n] for boxes ``first..last`` [B, K, 1],
+    zero from each image's ``extent`` [B, 1, 1] on (its own height or width: the paste clips to the image)."""
     f32 = lambda v: g.const(v, np.float32, ())  # noqa: E731
     side = g.op("Max", g.op("Add", g.op("Sub", last, first), f32(1.0)), f32(1.0))
     ratio = g.op("Div", f32(float(padded_size)), side)
@@ -49,7 +50,8 @@ def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int) -> 
     lam1 = g.op("Clip", g.op("Sub", src, i0), f32(0.0), f32(1.0))
     lam0 = g.op("Sub", f32(1.0), lam1)
     i1 = g.op("Where", g.op("Less", i0, f32(float(padded_size - 1))), g.op("Add", i0, f32(1.0)), i0)
-    inside = g.op("And", g.op("GreaterOrEqual", coords, first), g.op("LessOrEqual", coords, last))
+    inside = g.op("And", g.op("And", g.op("GreaterOrEqual", coords, first), g.op("LessOrEqual", coords, last)),
+                  g.op("Less", coords, extent))
     grid = g.const(np.arange(padded_size), np.float32, (padded_size,))
     zero = f32(0.0)
     w0 = g.op("Where", g.op("Equal", g.op("Unsqueeze", i0, g.const([-1])), grid),
@@ -59,17 +61,20 @@ def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int) -> 
     return g.op("Where", g.op("Unsqueeze", inside, g.const([-1])), g.op("Add", w0, w1), zero, hint="taps")
 
 
-def paste_nodes(probs: str, corners: str, pixels: str, *, mask_size: int, threshold: float | None
+def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size: int, threshold: float | None
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes computing ``masks`` [B, K, h, w] from ``probs`` [B, K, M, M], ``corners`` int32 [B, K, 4] and the
-    float pixels [B, h, w, 3]: uint8 0/1 (``probability > threshold``) or float32 probabilities (None)."""
+    """Nodes computing ``masks`` [B, K, h, w] from ``probs`` [B, K, M, M], ``corners`` int32 [B, K, 4], the
+    float pixels [B, h, w, 3] and each image's own ``sizes`` float [B, 2] (h, w; smaller than the frame in
+    an image-list batch): uint8 0/1 (``probability > threshold``) or float32 probabilities (None)."""
     g = _Builder("paste/")
     padded = g.op("Pad", probs, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0.0, np.float32, ()), mode="constant")
     box = g.op("Cast", corners, to=TensorProto.FLOAT)
     x0, y0, x1, y1 = (g.op("Slice", box, g.const([i]), g.const([i + 1]), g.const([2])) for i in range(4))
     size = mask_size + 2
-    cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size)  # [B, K, w, M+2]
-    rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size)  # [B, K, h, M+2]
+    extent_h, extent_w = (g.op("Unsqueeze", g.op("Slice", sizes, g.const([i]), g.const([i + 1]), g.const([1])),
+                               g.const([2])) for i in range(2))  # [B, 1, 1]
+    cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size, extent_w)  # [B, K, w, M+2]
+    rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size, extent_h)  # [B, K, h, M+2]
     along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, K, M+2, w]
     pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
     if threshold is None:
@@ -92,8 +97,8 @@ def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | N
                  ) -> onnx.ModelProto:
     """``model`` (pixels-in, with ``mask_probs`` and ``mask_boxes`` outputs) plus the ``masks`` output;
     ``keep_compact=False`` drops the compact outputs (they stay internal tensors)."""
-    nodes, inits = paste_nodes("mask_probs", "mask_boxes", float_pixels(model), mask_size=mask_size,
-                               threshold=threshold)
+    nodes, inits = paste_nodes("mask_probs", "mask_boxes", float_pixels(model), "original_sizes",
+                               mask_size=mask_size, threshold=threshold)
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
     elem = TensorProto.FLOAT if threshold is None else TensorProto.UINT8
