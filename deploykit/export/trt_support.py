@@ -465,11 +465,21 @@ def _check_range(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
         v.add("type", "start/limit/delta element types", "one type for all three", _fmt(types))
 
 
+#: What a UINT8 tensor may be cast from or to (NvInferRuntimeBase.h DataType::kUINT8: "conversions are only
+#: supported for {kFLOAT, kHALF}").
+UINT8_CAST_PEERS = frozenset({"FLOAT", "FLOAT16"})
+
+
 def _check_cast(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
     to = TensorProto.DataType.Name(int(_attr(node, "to", 0)))
     allowed = OPS["Cast"].types
     if to not in allowed:
         v.add("attribute", "attribute to", f"one of {_fmt(allowed)}", to)
+    source = gr.elem_type(node.input[0]) if node.input else None
+    if "UINT8" in (to, source) and {to, source} - {"UINT8"} - UINT8_CAST_PEERS - {None}:
+        other = source if to == "UINT8" else to
+        v.add("type", f"cast {source} -> {to}", "UINT8 converted from or to FLOAT or FLOAT16 only "
+              "(TensorRT 11.1 NvInferRuntimeBase.h DataType::kUINT8)", other)
 
 
 def _check_quantize(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:

@@ -98,6 +98,18 @@ def test_uint8_only_at_the_io_through_cast():
     one(bad, node="t", rule="type", words=["got UINT8"])
 
 
+def test_uint8_is_cast_from_and_to_float_only():
+    """NvInferRuntimeBase.h DataType::kUINT8: conversions only to/from FLOAT and HALF (no BOOL -> UINT8)."""
+    for elem, ok in ((F, True), (TensorProto.FLOAT16, True), (TensorProto.BOOL, False), (TensorProto.INT32, False)):
+        model = unary("Cast", elem_in=elem, elem_out=TensorProto.UINT8, to=TensorProto.UINT8)
+        if ok:
+            assert violations(model) == [], elem
+        else:
+            one(model, node="n", rule="type", words=["-> UINT8", "FLOAT or FLOAT16", "DataType::kUINT8"])
+    one(unary("Cast", elem_in=TensorProto.UINT8, elem_out=TensorProto.INT32, to=TensorProto.INT32), node="n",
+        rule="type", words=["UINT8 -> INT32", "got INT32"])
+
+
 def test_int8_only_between_quantize_and_dequantize():
     s, z = const("s", F, [0.1], []), const("z", TensorProto.INT8, [0], [])
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),

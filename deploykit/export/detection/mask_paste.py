@@ -81,7 +81,9 @@ def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size:
         g.nodes.append(helper.make_node("Identity", [pasted], [OUTPUT_NAME], name="paste/masks"))
     else:
         above = g.op("Greater", pasted, g.const(float(threshold), np.float32, ()))
-        g.nodes.append(helper.make_node("Cast", [above], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
+        # 0/1 as float first: TensorRT converts to UINT8 only from FLOAT/HALF (DataType::kUINT8), not from BOOL
+        binary = g.op("Where", above, g.const(1.0, np.float32, ()), g.const(0.0, np.float32, ()))
+        g.nodes.append(helper.make_node("Cast", [binary], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
     return g.nodes, g.initializers
 
 
