@@ -225,7 +225,9 @@ class SpadeExport(nn.Module):
 
         Index arithmetic is int32 throughout: TensorRT gathers with int32 indices."""
         cfg = self.cfg
-        raw = label_map.to(torch.int32)
+        # UINT8 converts only to/from float in TensorRT (DataType::kUINT8; onnx-tensorrt's Cast importer):
+        # through float32, exact for 0..255
+        raw = (label_map.to(torch.float32) if label_map.dtype == torch.uint8 else label_map).to(torch.int32)
         lo, hi = cfg.label_range
         valid = (raw >= lo) & (raw <= hi)
         if cfg.contain_dontcare_label:
