@@ -85,6 +85,13 @@ def demo_detector_pixels_onnx(tmp_path_factory):
     return _export_demo_detector(tmp_path_factory, "pix.onnx", {}, input="image", dynamic_batch=4)
 
 
+@pytest.fixture(scope="session")
+def demo_detector_list_onnx(tmp_path_factory):
+    """fasterrcnn_demo (bundled checkpoint) as built, exported image-list: images of different sizes in one
+    call (``image`` [batch, height, width, 3] + ``image_hw`` + ``canvas``), batch 1..8, FP32, once per session."""
+    return _export_demo_detector(tmp_path_factory, "list.onnx", {}, input="image-list", dynamic_batch=8)
+
+
 MASK_RANGE = ((32, 32), (2048, 2048))  # batch 4 x 100 pasted masks of the largest image fits one tensor
 
 

@@ -341,6 +341,10 @@ const uint8_t* dk_detections_mask(const dk_detections* detections, size_t image,
     return mask.data();
 }
 
+int dk_detector_image_list(const dk_detector* detector) {
+    return detector && detector->detector->image_list() ? 1 : 0;
+}
+
 int dk_detector_has_masks(const dk_detector* detector) {
     return detector && detector->detector->mask_form() != deploykit::core::MaskForm::none ? 1 : 0;
 }

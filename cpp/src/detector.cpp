@@ -23,7 +23,7 @@ const std::vector<std::string> kPreprocessingKeys = {
     "in_graph", "input", "layout", "color", "input_dtype", "mode", "image_size_range",
     // resize facts (the graph applies them)
     "input_size", "canvas", "min_size", "max_size", "resize", "interpolation", "mean", "std", "pixel_scale",
-    "size_divisible", "pad_value", "padding_emulation", "reference_transform"};
+    "size_divisible", "pad_value", "padding_emulation", "reference_transform", "padded_size_range"};
 const std::vector<std::string> kPostprocessingKeys = {"raw", "score_threshold", "nms_iou", "max_detections",
                                                       "box_format", "box_coordinates", "padding", "rpn", "anchors",
                                                       "masks"};
@@ -108,6 +108,8 @@ void Detector::configure() {
                   "min " + size_text(min_h, min_w) + ", opt " + size_text(opt_h, opt_w) + ", max " + size_text(max_h, max_w));
     min_h_ = min_h, min_w_ = min_w, max_h_ = max_h, max_w_ = max_w;
 
+    if (input_ == "image-list") configure_list(pre, pwhere);
+
     const json& post = m.section("postprocessing");
     const std::string qwhere = where_ + " manifest postprocessing";
     refuse_unknown_keys(post, kPostprocessingKeys, qwhere);
@@ -117,9 +119,11 @@ void Detector::configure() {
         unsupported(qwhere + " field 'raw'", "false (final detections)", json_text(post["raw"]));
     class_names_ = m.class_names;
 
-    // The graph: one uint8 [B, H, W, 3] input and the four padded outputs.
-    if (session_->inputs().size() != 1 || session_->inputs()[0].name != input_)
-        bad_input(where_ + " inputs", "one input '" + input_ + "' (manifest preprocessing.input)",
+    // The graph: one uint8 [B, H, W, 3] input (image-list: and image_hw, canvas) and the four padded outputs.
+    const size_t n_inputs = list_ ? 3 : 1;
+    if (session_->inputs().size() != n_inputs || session_->inputs()[0].name != input_)
+        bad_input(where_ + " inputs", list_ ? "'image', 'image_hw', 'canvas' (an image-list graph)"
+                                            : "one input '" + input_ + "' (manifest preprocessing.input)",
                   std::to_string(session_->inputs().size()) + " inputs, the first '" +
                       (session_->inputs().empty() ? std::string() : session_->inputs()[0].name) + "'");
     const TensorSpec& in = session_->inputs()[0];
@@ -144,6 +148,33 @@ void Detector::configure() {
         batch_min_ = m.batch.min;
         batch_max_ = m.batch.max;
     }
+}
+
+void Detector::configure_list(const json& pre, const std::string& where) {
+    list_ = true;
+    input_ = "image";
+    if (require_string(pre, "mode", where) != "dynamic")
+        bad_input(where + " field 'mode'", "'dynamic' for an image-list graph", json_text(pre["mode"]));
+    min_size_ = require_int(pre, "min_size", where);
+    max_size_ = require_int(pre, "max_size", where);
+    size_divisible_ = pre.contains("size_divisible") ? require_int(pre, "size_divisible", where) : 32;
+    if (min_size_ < 1 || max_size_ < 1 || size_divisible_ < 1)
+        bad_input(where + " min_size, max_size, size_divisible", "positive ints",
+                  std::to_string(min_size_) + ", " + std::to_string(max_size_) + ", " + std::to_string(size_divisible_));
+    const TensorSpec* hw = session_->input("image_hw");
+    const TensorSpec* canvas = session_->input("canvas");
+    if (!hw || hw->dtype != DType::int32 || hw->shape.size() != 2)
+        bad_input(where_ + " input 'image_hw'", "int32 [B, 2]", hw ? hw->describe() : "missing");
+    if (!canvas || canvas->dtype != DType::uint8 || canvas->shape.size() != 2)
+        bad_input(where_ + " input 'canvas'", "uint8 [Hp, Wp]", canvas ? canvas->describe() : "missing");
+}
+
+std::pair<int64_t, int64_t> Detector::resized_size(int64_t h, int64_t w) const {
+    // GeneralizedRCNNTransform: scale = min(min_size / min(h, w), max_size / max(h, w)) in Python floats (double),
+    // each side int(side * scale) as interpolate(recompute_scale_factor=True) floors it
+    const double scale = std::min(static_cast<double>(min_size_) / static_cast<double>(std::min(h, w)),
+                                  static_cast<double>(max_size_) / static_cast<double>(std::max(h, w)));
+    return {static_cast<int64_t>(static_cast<double>(h) * scale), static_cast<int64_t>(static_cast<double>(w) * scale)};
 }
 
 void Detector::configure_masks(const json& post, const std::string& where) {
@@ -185,19 +216,26 @@ void Detector::read_masks(const Outputs& out, size_t image, int64_t height, int6
     const size_t plane = static_cast<size_t>(height * width);
     if (mask_form_ == MaskForm::pasted) {
         const OutputTensor& masks = out.at("masks");
-        if (masks.shape.size() != 4 || masks.shape[2] != height || masks.shape[3] != width ||
+        // [B, K, H, W]: the frame is the image's own size, or (image-list) the batch's largest slot
+        if (masks.shape.size() != 4 || masks.shape[2] < height || masks.shape[3] < width ||
             masks.shape[1] < static_cast<int64_t>(dets.size()))
-            runtime_error(where_ + " output 'masks': expected [B, K, " + std::to_string(height) + ", " +
+            runtime_error(where_ + " output 'masks': expected [B, K, >= " + std::to_string(height) + ", >= " +
                           std::to_string(width) + "], got " + shape_text(masks.shape));
-        const size_t first = image * static_cast<size_t>(masks.shape[1]) * plane;
+        const size_t frame_w = static_cast<size_t>(masks.shape[3]);
+        const size_t frame = static_cast<size_t>(masks.shape[2]) * frame_w;
+        const size_t first = image * static_cast<size_t>(masks.shape[1]) * frame;
         for (size_t k = 0; k < dets.size(); ++k) {
             auto& mask = dets[k].mask;
             mask.resize(plane);
-            if (masks.dtype == DType::uint8) {
-                std::memcpy(mask.data(), masks.as<uint8_t>() + first + k * plane, plane);
-            } else {  // probabilities: the manifest's threshold
-                const float* p = masks.as<float>() + first + k * plane;
-                for (size_t i = 0; i < plane; ++i) mask[i] = p[i] > mask_threshold_ ? 1 : 0;
+            for (int64_t y = 0; y < height; ++y) {
+                const size_t at = first + k * frame + static_cast<size_t>(y) * frame_w;
+                uint8_t* dst = mask.data() + static_cast<size_t>(y * width);
+                if (masks.dtype == DType::uint8) {
+                    std::memcpy(dst, masks.as<uint8_t>() + at, static_cast<size_t>(width));
+                } else {  // probabilities: the manifest's threshold
+                    const float* p = masks.as<float>() + at;
+                    for (int64_t x = 0; x < width; ++x) dst[x] = p[x] > mask_threshold_ ? 1 : 0;
+                }
             }
         }
         return;
@@ -259,37 +297,68 @@ std::vector<std::vector<Detection>> Detector::predict_batch(const ImageView* ima
     const bool several = count > 1 || offset > 0;
     auto name_of = [&](size_t i) { return several ? "image " + std::to_string(offset + i) : std::string("image"); };
     for (size_t i = 0; i < count; ++i) check_image(images[i], name_of(i));
-    const int64_t h = images[0].height, w = images[0].width;
-    for (size_t i = 1; i < count; ++i)
-        if (images[i].height != h || images[i].width != w)
+    int64_t h = images[0].height, w = images[0].width;
+    for (size_t i = 1; i < count; ++i) {
+        if (list_) {  // an image-list graph: slots of the largest height and width
+            h = std::max(h, images[i].height), w = std::max(w, images[i].width);
+        } else if (images[i].height != h || images[i].width != w) {
             bad_input(name_of(i) + " size (H, W)", size_text(h, w) + " as " + name_of(0) + " (one size per batch)",
                       size_text(images[i].height, images[i].width));
-    const size_t batch = std::max<size_t>(count, static_cast<size_t>(batch_min_));  // blank fill for a fixed batch
+        }
+    }
+    const size_t batch = std::max<size_t>(count, static_cast<size_t>(batch_min_));  // fill for a fixed batch
     const size_t row = static_cast<size_t>(w) * 3, plane = row * static_cast<size_t>(h);
+    // an image-list batch's fill repeats the last image (its size keeps the batch's canvas); others are blank
+    auto source = [&](size_t i) -> const ImageView& { return images[std::min(i, list_ ? count - 1 : i)]; };
 
-    TensorView feed{input_, DType::uint8, {static_cast<int64_t>(batch), h, w, 3}, nullptr};
+    std::vector<TensorView> feed{TensorView{input_, DType::uint8, {static_cast<int64_t>(batch), h, w, 3}, nullptr}};
     PackBuffer packed(*this);
     const ImageView& first = images[0];
     if (batch == 1 && !first.bgr && (first.stride == 0 || first.stride == row)) {
-        feed.data = first.data;  // already the tensor: no copy
+        feed[0].data = first.data;  // already the tensor: no copy
     } else {
         packed.reserve(batch * plane);  // every byte is written below
-        for (size_t i = 0; i < count; ++i) {
-            const ImageView& im = images[i];
-            const size_t stride = im.stride ? im.stride : row;
+        const size_t filled = list_ ? batch : count;
+        for (size_t i = 0; i < filled; ++i) {
+            const ImageView& im = source(i);
+            const size_t own = static_cast<size_t>(im.width) * 3;
+            const size_t stride = im.stride ? im.stride : own;
             uint8_t* dst = packed.data() + i * plane;
             for (int64_t y = 0; y < h; ++y, dst += row) {
+                if (y >= im.height) {
+                    std::memset(dst, 0, row);
+                    continue;
+                }
                 const uint8_t* src = im.data + static_cast<size_t>(y) * stride;
                 if (im.bgr)
-                    rgb_from_bgr(dst, src, static_cast<size_t>(w));  // converted while packing
+                    rgb_from_bgr(dst, src, static_cast<size_t>(im.width));  // converted while packing
                 else
-                    std::memcpy(dst, src, row);
+                    std::memcpy(dst, src, own);
+                std::memset(dst + own, 0, row - own);  // the slot beyond a smaller image
             }
         }
-        std::memset(packed.data() + count * plane, 0, (batch - count) * plane);  // blank fill images
-        feed.data = packed.data();
+        std::memset(packed.data() + filled * plane, 0, (batch - filled) * plane);  // blank fill images
+        feed[0].data = packed.data();
     }
-    Outputs out = session_->run({feed});
+    std::vector<int32_t> image_hw;
+    std::vector<uint8_t> canvas;
+    if (list_) {
+        int64_t padded_h = 0, padded_w = 0;
+        for (size_t i = 0; i < batch; ++i) {
+            const ImageView& im = source(i);
+            image_hw.push_back(static_cast<int32_t>(im.height));
+            image_hw.push_back(static_cast<int32_t>(im.width));
+            auto [rh, rw] = resized_size(im.height, im.width);
+            padded_h = std::max(padded_h, rh), padded_w = std::max(padded_w, rw);
+        }
+        // torchvision's batch_images: the largest resized size, rounded up to size_divisible
+        padded_h = (padded_h + size_divisible_ - 1) / size_divisible_ * size_divisible_;
+        padded_w = (padded_w + size_divisible_ - 1) / size_divisible_ * size_divisible_;
+        canvas.assign(static_cast<size_t>(padded_h * padded_w), 0);  // only its shape is read
+        feed.push_back(TensorView{"image_hw", DType::int32, {static_cast<int64_t>(batch), 2}, image_hw.data()});
+        feed.push_back(TensorView{"canvas", DType::uint8, {padded_h, padded_w}, canvas.data()});
+    }
+    Outputs out = session_->run(feed);
     const OutputTensor& num = out.at("num_detections");
     const OutputTensor& boxes = out.at("boxes");
     const OutputTensor& scores = out.at("scores");
@@ -314,7 +383,7 @@ std::vector<std::vector<Detection>> Detector::predict_batch(const ImageView* ima
             d.label_name = label_name(d.label);
             results[i].push_back(std::move(d));
         }
-        if (mask_form_ != MaskForm::none) read_masks(out, i, h, w, results[i]);
+        if (mask_form_ != MaskForm::none) read_masks(out, i, images[i].height, images[i].width, results[i]);
     }
     return results;
 }

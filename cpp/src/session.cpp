@@ -127,7 +127,7 @@ std::vector<const TensorView*> Session::validate(const std::vector<TensorView>& 
                               std::to_string(seen.first) + " as in input '" + seen.second + "'", std::to_string(have));
             }
         }
-        if (manifest_ && manifest_->batch.dynamic && !spec.shape.empty() && !spec.shape[0].is_static()) {
+        if (manifest_ && manifest_->batch.dynamic && !spec.shape.empty() && spec.shape[0].symbol == "batch") {
             const auto& b = manifest_->batch;
             if (t.shape[0] < b.min || t.shape[0] > b.max)
                 bad_input(thing + " batch", std::to_string(b.min) + ".." + std::to_string(b.max) + " (manifest batch range)",

@@ -55,7 +55,9 @@ def same_json(a: dict, b: dict, what: str) -> int:
 def check_against_infer(fixtures: Path, index: dict, detect: Path, detect_c: Path, tmp: Path) -> int:
     pngs = [fixtures / item["png"] for item in index["heldout_images"][:5]]
     compared = 0
-    for name in ("demo_fixed", "demo_dynamic"):
+    for name in ("demo_fixed", "demo_dynamic", "demo_list"):  # demo_list: the 5 images in chunks of mixed sizes
+        if name not in index["demo_detector"]:
+            continue
         model = fixtures / index["demo_detector"][name]["file"]
         py_out, cpp_out = tmp / f"py_{name}", tmp / f"cpp_{name}"
         r = run([sys.executable, "-m", "deploykit.cli", "infer", model, *pngs, "-o", py_out, "--min-score", "0.3"])
@@ -66,9 +68,10 @@ def check_against_infer(fixtures: Path, index: dict, detect: Path, detect_c: Pat
             want = json.loads((py_out / f"{png.stem}.json").read_text())
             got = json.loads((cpp_out / f"{png.stem}.json").read_text())
             n = same_json(got, want, f"deploykit-detect {name} {png.name}")
-            r = run([detect_c, model, png, "0.3"])
-            assert r.returncode == 0, r.stderr
-            same_json(json.loads(r.stdout), want, f"detect_c {name} {png.name}")
+            if name != "demo_list":  # detect_c runs one image per call: a list of one is another computation
+                r = run([detect_c, model, png, "0.3"])
+                assert r.returncode == 0, r.stderr
+                same_json(json.loads(r.stdout), want, f"detect_c {name} {png.name}")
             compared += 1
             print(f"{name} {png.name}: {n} detections equal in deploykit infer, deploykit-detect, detect_c")
     return compared
@@ -84,7 +87,7 @@ def main() -> int:
             print(f"skipped: {index.get('demo_detector_skip')}")
             return 77
         n = check_against_infer(fixtures, index, detect, detect_c, tmp)
-    print(f"{n} images x 2 models: JSON equal")
+    print(f"{n} image results (5 images x the demo models): JSON equal")
     return 0
 
 

@@ -298,6 +298,33 @@ TEST_P(DemoDetector, EqualsThePythonDetectorOnHeldOutImages) {
 
 INSTANTIATE_TEST_SUITE_P(FixedAndDynamic, DemoDetector, testing::Values("demo_fixed", "demo_dynamic"));
 
+// An image-list graph: the 24 held-out images of different sizes as one list, run in chunks of the
+// graph's largest batch (4), one call each, equal the Python Detector's predict(list).
+TEST(ImageListDetector, OneCallPerChunkOfMixedSizesEqualsThePythonDetector) {
+    const json* refs = demo_refs();
+    if (!refs) GTEST_SKIP() << demo_skip();
+    if (!refs->contains("demo_list")) GTEST_SKIP() << "no image-list fixture";
+    const json& ref = (*refs)["demo_list"];
+    deploykit::Detector det((fixtures::dir() / ref["file"].get<std::string>()).string(), deploykit::Options::with_threads(2));
+    EXPECT_TRUE(det.image_list());
+    EXPECT_EQ(det.max_batch(), 4);
+    const json& images = fixtures::index()["heldout_images"];
+    std::vector<std::vector<uint8_t>> pixels;
+    std::vector<deploykit::ImageView> views;
+    for (const auto& item : images) {
+        pixels.push_back(fixtures::array<uint8_t>(item));
+        auto shape = fixtures::shape(item);
+        views.emplace_back(pixels.back().data(), int(shape[1]), int(shape[0]));
+    }
+    std::set<std::pair<int, int>> sizes;
+    for (const auto& v : views) sizes.insert({v.height, v.width});
+    ASSERT_GE(sizes.size(), 10u);  // the chunks do mix sizes
+    auto got = det.predict(views);
+    ASSERT_EQ(got.size(), views.size());
+    for (size_t i = 0; i < got.size(); ++i)
+        expect_matches_python(got[i], ref["detections"][i], 1e-4f, "demo_list image " + std::to_string(i));
+}
+
 // Mask R-CNN: masks pasted in the graph (copied out) and compact masks pasted here with the shared rule
 // equal the Python Detector's, mask for mask (RLE decoded), with the same detections.
 std::vector<uint8_t> decode_rle(const json& rle) {

@@ -101,6 +101,31 @@ def reference_raw(model, images: list[torch.Tensor]) -> dict[str, list[np.ndarra
     (torchvision's own head and BoxCoder), ``proposals`` [P,4] that reach the box head,
     ``class_logits`` [P,C] and ``box_regression`` [P,4C].
     """
+    return _capture_raw(model, len(images), lambda: model(images))
+
+
+def reference_raw_on(model, images: np.ndarray, image_sizes: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """:func:`reference_raw` on an already preprocessed batch: ``images`` [B, 3, H, W] (normalised, padded)
+    and ``image_sizes`` [B, 2] (each resized size), e.g. a graph's own front-end output. torchvision's
+    backbone, RPN and RoI heads run as ``GeneralizedRCNN.forward`` runs them after its transform."""
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    batch = ImageList(torch.as_tensor(images), [(int(h), int(w)) for h, w in np.asarray(image_sizes)])
+
+    def run():
+        features = model.backbone(batch.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        proposals, _ = model.rpn(batch, features)
+        detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        return detections
+
+    return _capture_raw(model, len(batch.image_sizes), run)
+
+
+def _capture_raw(model, n: int, run) -> dict[str, list[np.ndarray]]:
+    """The raw tensors of :func:`reference_raw` while ``run()`` runs the model's parts."""
     import torch
     from torchvision.models.detection.rpn import concat_box_prediction_layers
 
@@ -113,9 +138,8 @@ def reference_raw(model, images: list[torch.Tensor]) -> dict[str, list[np.ndarra
     ]
     try:
         with torch.no_grad():
-            detections = model(images)
+            detections = run()
             objectness, deltas = concat_box_prediction_layers(*got["head"])
-            n = len(images)
             decoded = model.rpn.box_coder.decode(deltas, got["anchors"]).reshape(n, -1, 4)
     finally:
         for h in hooks:
@@ -151,6 +175,24 @@ def reference_box_head(model, image: torch.Tensor, proposals: np.ndarray) -> tup
         pooled = model.roi_heads.box_roi_pool(features, boxes, images.image_sizes)
         logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
     return logits.numpy(), regression.numpy()
+
+
+def reference_box_head_on(model, images: np.ndarray, image_sizes: np.ndarray, proposals: list[np.ndarray]
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`reference_box_head` on a preprocessed batch (``images`` [B, 3, H, W], ``image_sizes`` [B, 2]) and
+    each image's ``proposals`` [P_i, 4] -> per image (class_logits [P_i, C], box_regression [P_i, 4C])."""
+    import torch
+
+    with torch.no_grad():
+        features = model.backbone(torch.as_tensor(images))
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        sizes = [(int(h), int(w)) for h, w in np.asarray(image_sizes)]
+        boxes = [torch.as_tensor(p, dtype=torch.float32) for p in proposals]
+        pooled = model.roi_heads.box_roi_pool(features, boxes, sizes)
+        logits, regression = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+    counts = [len(p) for p in proposals]
+    return list(zip([x.numpy() for x in logits.split(counts)], [x.numpy() for x in regression.split(counts)]))
 
 
 def reference_mask_head(model, images: np.ndarray, image_size: tuple[int, int], boxes: np.ndarray,

@@ -132,7 +132,8 @@ def export_detector(
     the probability exceeds ``mask_threshold``, or float32 probabilities with ``mask_threshold=None``;
     ``"compact"`` gives ``mask_probs`` [B, K, M, M] and ``mask_boxes`` int32 [B, K, 4] for the
     runtime's paste (:mod:`deploykit.runtime.masks`); ``"both"`` gives all three.
-    ``debug_outputs`` (Mask R-CNN) adds ``boxes_network`` and ``mask_logits`` for raw parity.
+    ``debug_outputs`` (pixels-in graphs) adds the front end's ``images`` and ``image_sizes`` (and, for
+    Mask R-CNN, ``boxes_network`` and ``mask_logits``) for raw parity on the graph's own network input.
     """
     say = progress or (lambda msg: None)
     _check_options(input, input_size, batch, dynamic_batch, score_threshold, nms_iou, max_detections)
@@ -145,6 +146,8 @@ def export_detector(
     with_masks = isinstance(model, MaskRCNN)
     if with_masks:
         _check_mask_options(input, raw, masks, mask_threshold)
+    if debug_outputs and not pixels:
+        raise BadInput(expected_got("debug_outputs", "a pixels-in graph (--input image or image-list)", repr(input)))
     if raw and pixels and not dynamic:
         raise BadInput(expected_got("--raw", "a tensor-input or dynamic graph", "--input image with --input-size"))
     t = model.transform
@@ -205,7 +208,7 @@ def export_detector(
             say("adding the mask paste (image-size masks, two matrix products per detection)")
             onnx_model = attach_paste(onnx_model, mask_size=wrapper.mask_size, threshold=mask_threshold,
                                       keep_compact=masks == "both")
-        if with_masks and debug_outputs:
+        if debug_outputs:  # the network's input as the front end made it, for raw parity on that very input
             onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
         check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs))
     save_model(onnx_model, out_path)

@@ -37,7 +37,7 @@ from ..errors import BadInput, expected_got
 from ..manifest import manifest_path
 from .backends import load
 from .masks import DEFAULT_MASK_THRESHOLD, paste_masks, rle_encode
-from .preprocess import Preprocessing, image_list_batch, pixel_batch, preprocess_batch, to_rgb
+from .preprocess import Preprocessing, image_list_batch, padded_batch_size, pixel_batch, preprocess_batch, to_rgb
 from .session import OwnsSession, Session
 
 INPUTS = ("images", "image_sizes")
@@ -219,8 +219,8 @@ class Detector(OwnsSession):
         return self.preprocessing.in_graph
 
     # -- public API -------------------------------------------------------
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None,
-                ) -> Detections | list[Detections]:
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None, *,
+                group: str | None = None) -> Detections | list[Detections]:
         """Detect objects.
 
         Args:
@@ -228,6 +228,11 @@ class Detector(OwnsSession):
                 ``[H, W, 4]`` RGBA are converted), or a list of them.
             names: what to call each image in error messages (default ``image``,
                 ``image 0``, ``image 1``...), e.g. the file names.
+            group: image-list graphs only. ``None`` (default): torchvision's list semantics
+                (below). ``"canvas"``: images whose own padded network size (torchvision's, for the
+                image alone) is the same run together, so each result equals the image's alone
+                (``model([a])``) whatever else is in the list, and no image is padded beyond its
+                own size; fewer images per call.
 
         Returns:
             :class:`Detections` for one array, a list of them for a list, ``result[i]`` for
@@ -244,6 +249,11 @@ class Detector(OwnsSession):
         if not isinstance(images, (list, tuple)):
             raise BadInput(expected_got("images", "a uint8 [H, W, 3] array or a list of them",
                                         type(images).__name__))
+        if group is not None:
+            if group != "canvas" or not self.image_list:
+                raise BadInput(expected_got("group", "None, or 'canvas' for an image-list graph",
+                                            f"{group!r} for a {'image-list' if self.image_list else 'one-size'} graph"))
+            return self._predict_grouped(images, names)
         results: list[Detections] = []
         step = self.batch_range[1]
         start = 0
@@ -256,6 +266,24 @@ class Detector(OwnsSession):
                                                names=None if names is None else names[start:stop]))
             start = stop
         return results
+
+    def _predict_grouped(self, images: Sequence[np.ndarray], names: Sequence[str] | None) -> list[Detections]:
+        """``predict(group="canvas")``: one call per chunk of images sharing their own padded size."""
+        pre = self.preprocessing
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            h, w = to_rgb(image, names[i]).shape[:2]
+            groups.setdefault(padded_batch_size(pre, [pre.resized_size(h, w)]), []).append(i)
+        results: list[Detections | None] = [None] * len(images)
+        step = self.batch_range[1]
+        for members in groups.values():
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                found = self._predict_batch([images[i] for i in chunk], names=[names[i] for i in chunk])
+                for i, dets in zip(chunk, found):
+                    results[i] = dets
+        return results  # type: ignore[return-value]
 
     @property
     def batch_size(self) -> int:

@@ -30,7 +30,7 @@ from ..errors import BadInput, expected_got
 from ..runtime.detector import Detections, rescale_boxes
 from ..runtime.generator import GeneratorInputs, to_uint8_image
 from ..runtime.masks import DEFAULT_MASK_THRESHOLD, paste_masks
-from ..runtime.preprocess import Preprocessing, preprocess_batch, to_rgb
+from ..runtime.preprocess import Preprocessing, image_list_batch, preprocess_batch, to_rgb
 from .repository import NUMPY_DTYPES
 from .server import INSTALL_HINT, ServerError
 
@@ -128,6 +128,9 @@ class Client:
         if self.kind == "detector":
             if "image" in self.inputs:
                 self.mode = "pixels"
+                if "image_hw" in self.inputs:
+                    self.preprocessing = Preprocessing.from_manifest(self.facts.get("preprocessing"),
+                                                                     where=f"{where} preprocessing")
             elif set(self.inputs) == {"images", "image_sizes"}:
                 self.mode = "tensor"
                 self.preprocessing = Preprocessing.from_manifest(self.facts.get("preprocessing"),
@@ -216,7 +219,11 @@ class Client:
             if all(d > 0 for d in fixed) and tuple(fixed) != tuple(original):
                 raise BadInput(expected_got(f"{what} size (H, W)", f"{tuple(fixed)} (model {self.model!r} takes a "
                                             "fixed image size)", tuple(original)))
-            out = self.infer({"image": self._fill_batch(rgb[None], "image")})
+            if "image_hw" in self.inputs:  # an image-list graph's own interface: each request one image
+                feed = image_list_batch([rgb], self.preprocessing, [what])
+                out = self.infer({k: self._fill_batch(v, k) if k != "canvas" else v for k, v in feed.items()})
+            else:
+                out = self.infer({"image": self._fill_batch(rgb[None], "image")})
             resized = None
         else:
             tensor, sizes, resized_sizes = preprocess_batch([rgb], self.preprocessing, [what])

@@ -5,7 +5,9 @@ grouped; each request carries its own tensors (the detector's ``image`` input al
 batches, so images of different sizes are served together). A handler turns the requests'
 feeds into outputs, one dict or one exception per request, so a bad request fails alone:
 
-- ``pipeline`` detector: ``image`` uint8 ``[n, H, W, 3]`` → :class:`deploykit.runtime.Detector`
+- ``pipeline`` detector: ``image`` uint8 ``[n, H, W, 3]`` (the requests of one execution may have
+  different sizes: the input allows ragged batches; an image-list graph runs those sharing their own
+  padded size as one call) → :class:`deploykit.runtime.Detector`
   → ``num_detections`` int32 ``[n, 1]``, ``boxes`` float32 ``[n, K, 4]`` (original pixels),
   ``scores`` ``[n, K]``, ``labels`` int32 ``[n, K]``, padded with box 0, score 0, label -1;
   Mask R-CNN adds ``masks`` uint8 ``[n, N, H, W]``: the binary masks of the request's detections
@@ -91,7 +93,9 @@ class DetectorPipeline(Handler):
 
     def _run_all(self, feeds: Sequence[Feed]) -> list[Feed]:
         images = [np.ascontiguousarray(image) for f in feeds for image in f["image"]]
-        dets = self.runner.predict(images)
+        # an image-list graph runs the requests Triton batched in calls of images sharing their own padded size:
+        # each answer is the image's alone, whoever else sent a request at the same time
+        dets = self.runner.predict(images, group="canvas" if self.runner.image_list else None)
         results, start = [], 0
         for f in feeds:  # one response per request: its images share a size, its masks that size
             results.append(self._pack(dets[start:start + len(f["image"])]))

@@ -6,12 +6,14 @@
 // No drawn PNG (the Python CLI also writes one). Images are decoded with stb_image (PNG decodes to the same pixels as PIL; JPEG decoders may differ by a grey level).
 #include <stb_image.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,7 +34,7 @@ const char* kUsage =
     "  MODEL            .onnx (ONNX Runtime) or .plan (TensorRT) with its deploykit manifest beside it\n"
     "  IMAGE...         PNG, JPEG, BMP, ... (decoded with stb_image; converted to RGB)\n"
     "  -o, --out DIR    output folder (created; default: none, required)\n"
-    "  --min-score S    keep detections with score >= S (default 0)\n"
+    "  --min-score S    keep detections with score >= S (default 0.3, as `deploykit infer`)\n"
     "  --threads N      ONNX Runtime intra-op threads (default 0: ONNX Runtime decides)\n"
     "  --providers L    ONNX Runtime providers, best first, e.g. cuda,cpu (default: all available)\n"
     "  -h, --help       this text\n"
@@ -81,7 +83,7 @@ void write_atomic(const fs::path& path, const std::string& text) {
 int main(int argc, char** argv) {
     std::vector<std::string> positional;
     std::string out_dir;
-    double min_score = 0.0;
+    double min_score = 0.3;  // the default of `deploykit infer --min-score` (deploykit/runtime/infer.py)
     deploykit::Options options;
     try {
         for (int i = 1; i < argc; ++i) {
@@ -133,37 +135,56 @@ int main(int argc, char** argv) {
         }
         deploykit::Detector detector(model, options);
         fs::create_directories(out_dir);
-        for (const auto& path : images) {
-            int width = 0, height = 0, channels = 0;
-            unsigned char* pixels = stbi_load(path.string().c_str(), &width, &height, &channels, 3);
-            if (!pixels) {
-                std::string why = fs::exists(path) ? stbi_failure_reason() : "no such file";
-                throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + path.string() + ": expected a readable image file, got " + why);
+        // An image-list graph takes images of any sizes in one call (chunks of its largest batch); others
+        // take one size per call: one image at a time.
+        const size_t chunk = detector.image_list() ? static_cast<size_t>(std::max(detector.max_batch(), 1)) : 1;
+        for (size_t start = 0; start < images.size(); start += chunk) {
+            const std::vector<fs::path> paths(images.begin() + static_cast<std::ptrdiff_t>(start),
+                                              images.begin() + static_cast<std::ptrdiff_t>(std::min(images.size(), start + chunk)));
+            std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> owned;
+            std::vector<deploykit::ImageView> views;
+            for (const auto& path : paths) {
+                int width = 0, height = 0, channels = 0;
+                unsigned char* pixels = stbi_load(path.string().c_str(), &width, &height, &channels, 3);
+                if (!pixels) {
+                    std::string why = fs::exists(path) ? stbi_failure_reason() : "no such file";
+                    throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + path.string() + ": expected a readable image file, got " + why);
+                }
+                owned.emplace_back(pixels, stbi_image_free);
+                views.emplace_back(pixels, width, height, 0, deploykit::PixelFormat::RGB);
             }
-            std::unique_ptr<unsigned char, void (*)(void*)> owned(pixels, stbi_image_free);
-            deploykit::ImageView view{pixels, width, height, 0, deploykit::PixelFormat::RGB};
-            std::vector<deploykit::Detection> found;
+            std::vector<std::vector<deploykit::Detection>> found;
             try {
-                found = detector.predict(view);
+                found = detector.predict(views);
             } catch (const deploykit::Error& e) {
-                throw deploykit::Error(e.status(), path.string() + ": " + e.what());
+                // name the file: the image that fails alone (a chunk's message counts images within it)
+                for (size_t k = 0; k < views.size(); ++k) {
+                    try {
+                        detector.predict(views[k]);
+                    } catch (const deploykit::Error& alone) {
+                        throw deploykit::Error(alone.status(), paths[k].string() + ": " + alone.what());
+                    }
+                }
+                throw;
             }
-            nlohmann::json detections = nlohmann::json::array();
-            for (const auto& d : found) {
-                if (d.score < min_score) continue;
-                detections.push_back({{"box", {double(d.x1), double(d.y1), double(d.x2), double(d.y2)}},
-                                      {"score", double(d.score)}, {"label", d.label}, {"label_name", d.label_name}});
-                if (!d.mask.empty()) detections.back()["segmentation"] = rle(d.mask, d.mask_width, d.mask_height);
+            for (size_t k = 0; k < views.size(); ++k) {
+                nlohmann::json detections = nlohmann::json::array();
+                for (const auto& d : found[k]) {
+                    if (d.score < min_score) continue;
+                    detections.push_back({{"box", {double(d.x1), double(d.y1), double(d.x2), double(d.y2)}},
+                                          {"score", double(d.score)}, {"label", d.label}, {"label_name", d.label_name}});
+                    if (!d.mask.empty()) detections.back()["segmentation"] = rle(d.mask, d.mask_width, d.mask_height);
+                }
+                nlohmann::ordered_json doc;
+                doc["image"] = paths[k].string();
+                doc["width"] = views[k].width;
+                doc["height"] = views[k].height;
+                doc["model"] = model;
+                doc["min_score"] = min_score;
+                doc["detections"] = detections;
+                write_atomic(fs::path(out_dir) / (paths[k].stem().string() + ".json"), doc.dump(2) + "\n");
+                std::cerr << paths[k].string() << ": " << detections.size() << " detections\n";
             }
-            nlohmann::ordered_json doc;
-            doc["image"] = path.string();
-            doc["width"] = width;
-            doc["height"] = height;
-            doc["model"] = model;
-            doc["min_score"] = min_score;
-            doc["detections"] = detections;
-            write_atomic(fs::path(out_dir) / (path.stem().string() + ".json"), doc.dump(2) + "\n");
-            std::cerr << path.string() << ": " << detections.size() << " detections\n";
         }
     } catch (const UsageError& e) {
         std::cerr << "deploykit-detect: " << e.what() << "\n" << "try deploykit-detect --help\n";

@@ -130,7 +130,10 @@ typedef struct dk_detections dk_detections;
 /* Needs a pixels-in detector graph (deploykit export MODEL --input image ...) and its manifest. */
 DK_API dk_status dk_detector_create(const char* path, const dk_options* options, dk_detector** out);
 DK_API void dk_detector_destroy(dk_detector* detector);
-/* Detect on `count` images (one size per model run; larger lists run in batches). */
+/* Detect on `count` images; larger lists run in batches of up to dk_detector_max_batch. A pixels-in
+ * graph takes one size per run; an image-list graph (deploykit export --input image-list) takes a
+ * run of any sizes as one call, as torchvision batches a list (results for image i: dk_detections_get
+ * with image i, each in its own image's pixels). */
 DK_API dk_status dk_detector_predict(dk_detector* detector, const dk_image* images, size_t count, dk_detections** out);
 DK_API size_t dk_detections_image_count(const dk_detections* detections);
 /* The detections of image i (sorted by score, descending) and their number; NULL when out of range. */
@@ -141,6 +144,8 @@ DK_API void dk_detections_release(dk_detections* detections);
  * the dk_detections. NULL (and 0 sizes) for a box-only detector or out of range. */
 DK_API const uint8_t* dk_detections_mask(const dk_detections* detections, size_t image, size_t index,
                                          int32_t* width, int32_t* height);
+/* 1 when the detector's graph takes images of different sizes in one call (an image-list export), else 0. */
+DK_API int dk_detector_image_list(const dk_detector* detector);
 /* 1 when the detector's graph gives instance masks (a Mask R-CNN export), else 0. */
 DK_API int dk_detector_has_masks(const dk_detector* detector);
 DK_API size_t dk_detector_class_count(const dk_detector* detector);

@@ -239,6 +239,8 @@ public:
     }
     int max_batch() const { return dk_detector_max_batch(handle_.get()); }
     bool has_masks() const { return dk_detector_has_masks(handle_.get()) != 0; }
+    // Images of different sizes in one predict() run (an image-list graph), else one size per run.
+    bool image_list() const { return dk_detector_image_list(handle_.get()) != 0; }
 
 private:
     detail::Handle<dk_detector, dk_detector_destroy> handle_;
