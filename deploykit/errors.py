@@ -21,6 +21,10 @@ class CheckFailed(DeployKitError):
     exit_code = 1
 
 
+#: Control characters (a newline in a file or field name, say) are shown as ``\xNN``: a message stays one line.
+_PRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
+
+
 def expected_got(thing: str, expected: object, got: object) -> str:
     """Format the standard one-line message: ``<thing>: expected <expected>, got <got>``."""
-    return f"{thing}: expected {expected}, got {got}"
+    return f"{thing}: expected {expected}, got {got}".translate(_PRINTABLE)
