@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..errors import BadInput, CheckFailed, expected_got
 from ..export.trt_support import Readiness, check_readiness, report_text
 from ..fileio import sha256_file, write_bytes_atomic
-from ..manifest import manifest_path, read_manifest, write_manifest
+from ..manifest import manifest_path, read_manifest, write_artifact
 from ..runtime.tensorrt import gpu_info, init_plugins, require, trt_logger
 from .profiles import profile_shapes
 
@@ -147,14 +147,11 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     if serialized is None:
         raise BadInput(expected_got(f"TensorRT build of {onnx_path}", "a serialized engine",
                                     "a failed build (run with --verbose for TensorRT's log)"))
-    write_bytes_atomic(plan_path, bytes(serialized))
     if cache_path is not None:
         write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-    try:
-        write_manifest(plan_path, plan_manifest(onnx_manifest, onnx_sha256=sha256_file(onnx_path),
-                                                trt_version=trt.__version__, gpu=gpu, compute_capability=cc,
-                                                workspace_mb=workspace_mb, plugins=readiness.plugins))
-    except BaseException:
-        plan_path.unlink(missing_ok=True)  # no plan without its manifest
-        raise
+    # the plan and its manifest are published together: a kill leaves the old pair or the new one
+    write_artifact(plan_path, lambda staged: staged.write_bytes(bytes(serialized)),
+                   plan_manifest(onnx_manifest, onnx_sha256=sha256_file(onnx_path), trt_version=trt.__version__,
+                                 gpu=gpu, compute_capability=cc, workspace_mb=workspace_mb,
+                                 plugins=readiness.plugins))
     return plan_path

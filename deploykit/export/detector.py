@@ -12,7 +12,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from ..errors import BadInput, expected_got
 from ..fileio import sha256_file
-from ..manifest import write_manifest
+from ..manifest import write_artifact
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
 from .detection.image_list import front_end_list
 from .detection.mask_paste import attach_paste
@@ -211,7 +211,6 @@ def export_detector(
         if debug_outputs:  # the network's input as the front end made it, for raw parity on that very input
             onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
         check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs))
-    save_model(onnx_model, out_path)
     dyn = dynamic_batch is not None
     info = dict(model_info or {"name": type(model).__name__, "checkpoint": None, "checkpoint_sha256": None,
                                "overrides": {}})
@@ -268,7 +267,8 @@ def export_detector(
         "precision": {"mode": "fp32"},
         "versions": versions(opset),
     }
-    return json.loads(write_manifest(out_path, manifest).read_text())
+    # the graph and its manifest are published together (a kill leaves the old pair or the new one)
+    return json.loads(write_artifact(out_path, lambda staged: save_model(onnx_model, staged), manifest).read_text())
 
 
 def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | None) -> None:

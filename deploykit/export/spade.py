@@ -377,8 +377,8 @@ def export_spade(name: str, out_path: str | os.PathLike, *, checkpoint: str | No
     (tests). Returns the manifest dict.
     """
     from ..fileio import sha256_file
-    from ..manifest import write_manifest
-    from .onnx_export import export_module, versions
+    from ..manifest import write_artifact
+    from .onnx_export import export_module, save_model, versions
 
     if output not in OUTPUTS:
         raise BadInput(expected_got("output", list(OUTPUTS), repr(output)))
@@ -401,8 +401,8 @@ def export_spade(name: str, out_path: str | os.PathLike, *, checkpoint: str | No
     names = input_names(cfg)
     # a dynamic axis must not be traced at size 1 (torch.export specialises 0/1 sizes)
     traced_batch = batch if dynamic_batch is None else max(batch, 2)
-    export_module(wrapper, example_inputs(cfg, traced_batch), out_path, input_names=names, output_names=["image"],
-                  dynamic_batch=dynamic_batch, opset=opset)
+    onnx_model = export_module(wrapper, example_inputs(cfg, traced_batch), None, input_names=names,
+                               output_names=["image"], dynamic_batch=dynamic_batch, opset=opset)
     bdim: int | str = "batch" if dynamic_batch is not None else batch
     h, w = cfg.image_size
     ldt = str(label_dtype(cfg)).removeprefix("torch.")
@@ -436,5 +436,5 @@ def export_spade(name: str, out_path: str | os.PathLike, *, checkpoint: str | No
         "precision": {"mode": "fp32"},
         "versions": versions(opset),
     }
-    write_manifest(out_path, manifest)
+    write_artifact(out_path, lambda staged: save_model(onnx_model, staged), manifest)  # published together
     return manifest

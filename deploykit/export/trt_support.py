@@ -33,7 +33,6 @@ No torch and no TensorRT here; pure ``onnx``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -636,7 +635,8 @@ def _output_violations(gr: _Graph) -> list[Violation]:
 def _manifest_violations(manifest: Mapping[str, Any] | None) -> list[Violation]:
     precision = (manifest or {}).get("precision") or {}
     if isinstance(precision, Mapping) and precision.get("ort_lowering"):
-        pairs = (precision.get("ort_lowering") or {}).get("output_qdq_pairs", "?")
+        lowering = precision.get("ort_lowering")
+        pairs = lowering.get("output_qdq_pairs", "?") if isinstance(lowering, Mapping) else "?"
         return [Violation("manifest", "precision", "manifest", "precision.ort_lowering",
                           "a graph for TensorRT (deploykit quantize without --ort-lowering)",
                           f"a graph for ONNX Runtime CPU only ({pairs} output Q/DQ pairs added so ORT fuses "
@@ -713,9 +713,10 @@ def check_file(path: str | os.PathLike) -> Readiness:
     Raises BadInput for a missing or unreadable file (CLI exit 2).
     """
     from ..errors import BadInput, expected_got
-    from ..manifest import manifest_path
+    from ..manifest import manifest_path, parse_manifest_text, settle
 
     path = Path(path)
+    settle(path)  # finish or undo an interrupted write of the graph and its manifest
     if not path.is_file():
         raise BadInput(expected_got(f"ONNX model {path}", "an existing .onnx file",
                                     "a directory" if path.is_dir() else "no such file"))
@@ -729,9 +730,9 @@ def check_file(path: str | os.PathLike) -> Readiness:
     mpath = manifest_path(path)
     if mpath.is_file():
         try:
-            data = json.loads(mpath.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            data = None
-        if isinstance(data, dict) and (data.get("artifact") or {}).get("file") == path.name:
+            data = parse_manifest_text(mpath.read_bytes(), mpath)
+        except (OSError, BadInput):
+            data = None  # a hostile or broken manifest says nothing about how the graph was made
+        if data is not None and data["artifact"]["file"] == path.name:
             manifest = data  # only the manifest that names this file says how it was made
     return check_readiness(model, manifest)

@@ -38,7 +38,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,8 @@ import onnx
 
 from ..errors import BadInput, CheckFailed, expected_got
 from ..export.onnx_export import SCOPE_KEY
-from ..fileio import atomic_path, sha256_file
-from ..manifest import read_manifest, write_manifest
+from ..fileio import scratch_dir, sha256_file
+from ..manifest import read_manifest, write_artifact
 
 __all__ = ["PRECISIONS", "METHODS", "Policy", "policy_for", "convert", "quantized_nodes",
            "dequantize_nodes", "module_of"]
@@ -486,7 +485,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
     policy = policy_for(manifest["kind"]).apply(model)
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="deploykit-precision-") as tmp:
+    with scratch_dir("deploykit-precision-") as tmp:
         tmpdir = Path(tmp)
         if precision == "fp32":
             result = model
@@ -507,8 +506,6 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                     result = _run_quantize(quantization, source, tmpdir, policy, feeds, method, model)
                     low = quantized_nodes(result)
         _finish(result, manifest)
-        with atomic_path(out) as tmp_out:
-            onnx.save_model(result, str(tmp_out))
     original = {n.name for n in model.graph.node}
     low_set = set(low)
     kept = [n for n in (x.name for x in model.graph.node) if n not in low_set]
@@ -531,7 +528,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
                                      "range_check_samples": sample_count(feeds)}
     new = copy.deepcopy(manifest)
     new["precision"] = record
-    write_manifest(out, new)
+    # the graph and its manifest are published together: a kill leaves the old pair or the new one
+    write_artifact(out, lambda staged: onnx.save_model(result, str(staged)), new)
     return read_manifest(out)
 
 

@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,8 +18,8 @@ import onnx
 
 from ..errors import BadInput, CheckFailed, expected_got
 from ..export.trt_support import check_trt
-from ..fileio import atomic_path
-from ..manifest import read_manifest, write_manifest
+from ..fileio import scratch_dir
+from ..manifest import read_manifest, write_artifact, write_manifest
 from .budget import Budget, meet_budget, parse_budget, temp_artifact
 from .convert import convert
 
@@ -97,7 +96,7 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
     if precision != "fp32":
         say(f"calibration data: {samples} samples from {calib or 'the synthetic generator'}")
         feeds, description = calibration_feeds(manifest, calib, samples=samples, seed=seed, progress=progress)
-    with tempfile.TemporaryDirectory(prefix="deploykit-quantize-") as tmp:
+    with scratch_dir("deploykit-quantize-") as tmp:
         tmpdir = Path(tmp)
         staged = tmpdir / out.name
         say(f"converting to {precision}")
@@ -198,7 +197,4 @@ def _publish(staged: Path, out: Path) -> None:
     if src.get("file"):  # re-anchor the relative source path at the final directory
         absolute = (staged.parent / src["file"]).resolve() if not os.path.isabs(src["file"]) else Path(src["file"])
         src["file"] = os.path.relpath(absolute, out.resolve().parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        shutil.copyfile(staged, tmp)
-    write_manifest(out, manifest)
+    write_artifact(out, lambda target: shutil.copyfile(staged, target), manifest)  # both together, crash-safe

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BadInput, expected_got
-from ..manifest import manifest_path, read_manifest
+from ..fileio import dir_lock
+from ..manifest import manifest_path, read_manifest, settle
 from . import onnxruntime, tensorrt
 from .session import Session
 
@@ -60,5 +61,8 @@ def load(path: str | os.PathLike, *, threads: int | None = None,
     if backend is None:
         raise BadInput(expected_got(f"model {path}", f"a file ending in {' or '.join(BACKENDS)}",
                                     repr(path.suffix or "no suffix")))
-    manifest = read_manifest(path) if manifest_path(path).is_file() else None
-    return backend(path, manifest, threads=threads, providers=providers, cuda_graph=cuda_graph)
+    settle(path)  # finish or undo an interrupted write of the artifact and its manifest
+    # under a shared lock on the folder: a concurrent writer's commit waits until the backend has read the file
+    with dir_lock(path.parent, shared=True):
+        manifest = read_manifest(path) if manifest_path(path).is_file() else None
+        return backend(path, manifest, threads=threads, providers=providers, cuda_graph=cuda_graph)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +41,7 @@ import numpy as np
 
 from ..engine.profiles import profile_shapes
 from ..errors import BadInput, expected_got
-from ..fileio import write_json_atomic
+from ..fileio import fsync_tree, replace_dir, stage_dir, write_json_atomic
 from ..manifest import manifest_path, read_manifest
 from .pbtxt import Enum, dumps
 
@@ -433,8 +432,9 @@ def write_model(spec: ModelSpec, repo: str | os.PathLike, overwrite: bool = Fals
         raise BadInput(expected_got(f"model directory {target}", "a new model name (or --overwrite)",
                                     "an existing directory"))
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=repo))
-    try:
+    # built in a hidden folder beside the target (umask permissions: servers may run as another user),
+    # then swapped in whole: a kill leaves the old model directory or the new one (fileio.replace_dir)
+    with stage_dir(target) as tmp:
         version = tmp / str(spec.options.version)
         version.mkdir()
         dst = version / spec.artifact_file
@@ -451,18 +451,8 @@ def write_model(spec: ModelSpec, repo: str | os.PathLike, overwrite: bool = Fals
             for name, sample in spec.warmup.items():
                 (tmp / "warmup" / name).write_bytes(np.ascontiguousarray(sample).tobytes())
         (tmp / "config.pbtxt").write_text(dumps(spec.config()))
-        for path in (tmp, *tmp.rglob("*")):  # mkdtemp/mkstemp make 0700/0600; servers may run as another user
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.old.", dir=repo))
-            os.replace(target, old / spec.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        fsync_tree(tmp)
+        replace_dir(tmp, target)
     return target
 
 
