@@ -12,8 +12,8 @@ from .common import command
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the results (one file set per input).")
-@click.option("--min-score", default=0.3, show_default=True, type=float,
-              help="Detector: draw and list only detections at or above this score.")
+@click.option("--min-score", default=0.3, show_default=True, type=float,  # runtime.infer.DEFAULT_MIN_SCORE
+              help="Detector: draw and list only detections at or above this score (deploykit-detect: the same).")
 @click.option("--instances", multiple=True, type=click.Path(dir_okay=False),
               help="SPADE: instance-id PNG per label map (same order), for models with instance edges.")
 @click.option("--resize", is_flag=True, help="SPADE: resize label maps of another size with nearest.")

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInput, expected_got
+from ..manifest import json_text
 from .backends import load
 from .session import OwnsSession
 
@@ -60,24 +61,88 @@ def check_label_values(label_map: np.ndarray, label_range: tuple[int, int], dont
                                     f"{int(label_map[y, x])} at (x={x}, y={y}){more}"))
 
 
+#: The largest label-map side (and latent size) a generator manifest may declare.
+MAX_MAP_SIDE = 65536
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _section(manifest: Any, name: str, where: str) -> dict:
+    value = manifest.get(name) if isinstance(manifest, dict) else None
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise BadInput(expected_got(f"{where} manifest field '{name}'", "an object", json_text(value)))
+    return value
+
+
+def _int_pair(section: dict, key: str, where: str, low: int, high: int) -> tuple[int, int]:
+    v = section.get(key)
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) and low <= x <= high for x in v)):
+        raise BadInput(expected_got(f"{where} field '{key}'", f"a list of two ints in {low}..{high}", json_text(v)))
+    return int(v[0]), int(v[1])
+
+
+def _flag(section: dict, key: str, where: str, required: bool = False) -> bool:
+    if key not in section and not required:
+        return False
+    v = section.get(key)
+    if not isinstance(v, bool):
+        raise BadInput(expected_got(f"{where} field '{key}'", "true or false", json_text(v)))
+    return v
+
+
 class GeneratorInputs:
     """A generator's input checks from its manifest, without a session: :meth:`feed` builds the checked
     input dict (label range, size, instance ids, ``z``) that the graph takes, locally or on a server."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
+    def __init__(self, manifest: dict[str, Any], where: str = "generator") -> None:
         self.manifest = manifest
-        pre = manifest["preprocessing"]
+        pre = _section(manifest, "preprocessing", where)
         self.pre = pre
-        self.size: tuple[int, int] = (int(pre["input_size"][0]), int(pre["input_size"][1]))
-        self.label_range: tuple[int, int] = (int(pre["label_range"][0]), int(pre["label_range"][1]))
-        self.dontcare_values: tuple[int, ...] = tuple(int(v) for v in pre.get("dontcare_values", []))
-        self.use_instance = bool(pre["use_instance"])
-        self.use_vae = bool(pre.get("use_vae", False))
+        pw = f"{where} manifest preprocessing"
+        if pre.get("type", "spade-label-map") != "spade-label-map":
+            raise BadInput(expected_got(f"{pw} field 'type'", "'spade-label-map'", json_text(pre["type"])))
+        self.size: tuple[int, int] = _int_pair(pre, "input_size", pw, 1, MAX_MAP_SIDE)
+        self.label_range: tuple[int, int] = _int_pair(pre, "label_range", pw, -(1 << 62), 1 << 62)
+        if self.label_range[0] > self.label_range[1]:
+            raise BadInput(expected_got(f"{pw} field 'label_range'", "[low, high] with low <= high",
+                                        json_text(pre["label_range"])))
+        dontcare = pre.get("dontcare_values", [])
+        if not isinstance(dontcare, list) or not all(_is_int(v) for v in dontcare):
+            raise BadInput(expected_got(f"{pw} field 'dontcare_values'", "a list of ints", json_text(dontcare)))
+        self.dontcare_values: tuple[int, ...] = tuple(int(v) for v in dontcare)
+        self.use_instance = _flag(pre, "use_instance", pw, required=True)
+        self.use_vae = _flag(pre, "use_vae", pw)
         self.z_dim = pre.get("z_dim")
-        self.dtypes = {k: np.dtype(v) for k, v in pre["input_dtypes"].items()}
-        batch = manifest["batch"]
-        self.batch = 1 if batch.get("dynamic") else int(batch["opt"])
-        self.output_kind = manifest.get("postprocessing", {}).get("output", "float")
+        if self.use_vae and not (_is_int(self.z_dim) and 1 <= self.z_dim <= MAX_MAP_SIDE):
+            raise BadInput(expected_got(f"{pw} field 'z_dim'", f"an int in 1..{MAX_MAP_SIDE} (a VAE generator)",
+                                        json_text(self.z_dim)))
+        if pre.get("resize", "nearest") != "nearest":
+            raise BadInput(expected_got(f"{pw} field 'resize'", "'nearest'", json_text(pre["resize"])))
+        dtypes = pre.get("input_dtypes")
+        if not isinstance(dtypes, dict) or not isinstance(dtypes.get("label_map"), str):
+            raise BadInput(expected_got(f"{pw} field 'input_dtypes'", "an object {input: dtype} with 'label_map'",
+                                        json_text(dtypes)))
+        allowed = {"label_map": ("uint8", "int32"), "instance_map": ("int32",), "z": ("float32",)}
+        for name, dtype in dtypes.items():
+            if name not in allowed or dtype not in allowed[name]:
+                raise BadInput(expected_got(f"{pw} input_dtypes field '{name}'",
+                                            " or ".join(f"'{d}'" for d in allowed.get(name, ())) or "a known input",
+                                            json_text(dtype)))
+        self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
+        batch = _section(manifest, "batch", where)
+        opt = batch.get("opt", 1)
+        if not (_is_int(opt) and 1 <= opt <= 65536):
+            raise BadInput(expected_got(f"{where} manifest batch field 'opt'", "an int in 1..65536", json_text(opt)))
+        self.batch = 1 if batch.get("dynamic") else int(opt)
+        post = _section(manifest, "postprocessing", where)
+        self.output_kind = post.get("output", "float")
+        if self.output_kind not in ("float", "uint8"):
+            raise BadInput(expected_got(f"{where} manifest postprocessing field 'output'", "'float' or 'uint8'",
+                                        json_text(self.output_kind)))
 
     @property
     def allowed_labels(self) -> str:
@@ -159,7 +224,7 @@ class Generator(GeneratorInputs, OwnsSession):
         if manifest.get("kind") != "generator":
             raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
                                         f"kind {manifest.get('kind')!r}"))
-        super().__init__(manifest)
+        super().__init__(manifest, where=f"generator {path}")
 
     # -- run ------------------------------------------------------------------
 

@@ -32,8 +32,13 @@ def _check_outputs(image_paths: list[Path], out_dir: Path) -> None:
                                             "an input image (choose another output directory)"))
 
 
+#: The score below which ``deploykit infer`` and the C++ ``deploykit-detect`` drop detections
+#: (``--min-score``, the same default in both).
+DEFAULT_MIN_SCORE = 0.3
+
+
 def infer_detector(model_path: str | os.PathLike, image_paths: Iterable[str | os.PathLike],
-                   out_dir: str | os.PathLike, *, min_score: float = 0.0, threads: int | None = None,
+                   out_dir: str | os.PathLike, *, min_score: float = DEFAULT_MIN_SCORE, threads: int | None = None,
                    progress: bool = True, detector: Detector | None = None) -> list[Path]:
     """Run a detector on image files; write ``<stem>.json`` and ``<stem>.png`` per image into ``out_dir``.
 
