@@ -25,6 +25,11 @@ class CheckFailed(DeployKitError):
 _PRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters as ``\\xNN`` (a name from a hostile file keeps a message one line)."""
+    return text.translate(_PRINTABLE)
+
+
 def expected_got(thing: str, expected: object, got: object) -> str:
     """Format the standard one-line message: ``<thing>: expected <expected>, got <got>``."""
     return f"{thing}: expected {expected}, got {got}".translate(_PRINTABLE)

@@ -295,22 +295,20 @@ def _read_label_png(path: Path, what: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     from ..runtime.generator import read_map
+    from ..runtime.images import first_line
 
     try:
         with Image.open(path) as im:
             mode = im.mode
     except UnidentifiedImageError:
         raise BadInput(expected_got(f"{what} {path}", "a single-channel label map PNG", "not an image")) from None
-    except OSError as e:
-        raise BadInput(expected_got(f"{what} {path}", "a readable label map PNG", str(e).splitlines()[0])) from None
+    except Exception as e:  # noqa: BLE001 - corrupt headers: PIL raises OSError, ValueError, SyntaxError...
+        raise BadInput(expected_got(f"{what} {path}", "a readable label map PNG", first_line(e))) from None
     if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA", "RGBX", "HSV", "LAB"):
         raise BadInput(expected_got(f"{what} {path}", "a single-channel integer label map (mode L, P, I or I;16)",
                                     f"{len(mode)}-channel mode {mode} (photos? a SPADE model calibrates on label "
                                     "maps)"))
-    try:
-        return read_map(path, what)
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
-        raise BadInput(expected_got(f"{what} {path}", "a readable label map PNG", str(e).splitlines()[0])) from None
+    return read_map(path, what)  # corrupt or truncated data: BadInput naming the file
 
 
 def _folder_maps(space: _LabelSpace, source, samples: int, seed: int, what: str):

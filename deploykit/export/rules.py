@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import shape_inference
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, printable
 from .trt_support import trt_violations
 
 FORBIDDEN_OPS = {
@@ -91,9 +91,9 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
             problems.append(f"graph output {o.name!r}: dimension {i} is {d!r}, expected a static size")
     if tensorrt and not allowed_domains:
         problems.extend(v.line() for v in trt_violations(inferred, inferred=True))
-    # de-duplicate while keeping order
+    # de-duplicate while keeping order; names from the file may hold control characters: one line each
     seen: set[str] = set()
-    return [p for p in problems if not (p in seen or seen.add(p))]
+    return [p for p in map(printable, problems) if not (p in seen or seen.add(p))]
 
 
 def check_graph(model: onnx.ModelProto, *, dynamic_batch: bool = False,

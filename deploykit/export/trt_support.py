@@ -232,6 +232,14 @@ class Violation:
     expected: str
     got: str
 
+    def __post_init__(self) -> None:  # a hostile file's names and attributes: bytes, lists, newlines -> one-line text
+        from ..errors import printable
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            object.__setattr__(self, f.name, printable(text))
+
     def line(self) -> str:
         where = f"{self.node} {self.op}" if self.node in ("graph", "manifest") else f"node {self.node!r} ({self.op})"
         return f"{where}: {self.what}: expected {self.expected}, got {self.got}"
@@ -273,16 +281,16 @@ class _Graph:
 
     def elem_type(self, name: str) -> str | None:
         if name in self.inits:
-            return TensorProto.DataType.Name(self.inits[name].data_type)
+            return _type_name(self.inits[name].data_type)
         p = self.producer.get(name)
         if p is not None and p.op_type == "Constant":
             t = _attr(p, "value")
             if isinstance(t, onnx.TensorProto):
-                return TensorProto.DataType.Name(t.data_type)
+                return _type_name(t.data_type)
         t = self.info.get(name)
         if t is None or t.elem_type == TensorProto.UNDEFINED:
             return None
-        return TensorProto.DataType.Name(t.elem_type)
+        return _type_name(t.elem_type)
 
     def dims(self, name: str) -> list[int | str | None] | None:
         if name in self.inits:
@@ -300,7 +308,14 @@ class _Graph:
         return name in self.inits or (p is not None and p.op_type == "Constant")
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or Constant output (``None`` otherwise)."""
+        """The value of an initializer or Constant output (``None`` otherwise, or when its data does
+        not match its dims: a hostile file's tensor is no constant the rules can read)."""
+        try:
+            return self._const(name)
+        except (ValueError, TypeError, IndexError, OverflowError):
+            return None
+
+    def _const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
         p = self.producer.get(name)
@@ -319,11 +334,19 @@ class _Graph:
         return None
 
 
+def _type_name(value: Any) -> str:
+    """An ONNX element type's name; ``UNKNOWN(n)`` for a number onnx does not define (a hostile file)."""
+    try:
+        return TensorProto.DataType.Name(int(value))
+    except (ValueError, TypeError):
+        return f"UNKNOWN({value!r})"
+
+
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             v = onnx.helper.get_attribute_value(a)
-            return v.decode() if isinstance(v, bytes) else v
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else v  # a hostile file's bytes too
     return default
 
 
@@ -470,7 +493,7 @@ UINT8_CAST_PEERS = frozenset({"FLOAT", "FLOAT16"})
 
 
 def _check_cast(gr: _Graph, node: onnx.NodeProto, v: _Collector) -> None:
-    to = TensorProto.DataType.Name(int(_attr(node, "to", 0)))
+    to = _type_name(_attr(node, "to", 0))
     allowed = OPS["Cast"].types
     if to not in allowed:
         v.add("attribute", "attribute to", f"one of {_fmt(allowed)}", to)

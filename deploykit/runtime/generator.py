@@ -241,6 +241,8 @@ def read_map(path: str | os.PathLike, what: str) -> np.ndarray:
     """A single-channel PNG (8/16/32-bit or palette) → [H, W] integer array."""
     from PIL import Image, UnidentifiedImageError
 
+    from .images import first_line
+
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
@@ -251,6 +253,13 @@ def read_map(path: str | os.PathLike, what: str) -> np.ndarray:
         raise BadInput(expected_got(f"{what} {path}", "an existing image file", "no such file")) from None
     except UnidentifiedImageError:
         raise BadInput(expected_got(f"{what} {path}", "an image file (PNG)", "unreadable data")) from None
+    except Image.DecompressionBombError as e:
+        raise BadInput(expected_got(f"{what} {path}", "an image of a sane size", first_line(e))) from None
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data: PIL raises OSError, ValueError, struct.error...
+        raise BadInput(expected_got(f"{what} {path}", "a readable, complete image",
+                                    f"{type(e).__name__}: {first_line(e)}")) from None
     return a.astype(np.int64) if a.dtype == bool else a
 
 

@@ -9,6 +9,9 @@ import numpy as np
 
 from ..errors import BadInput, expected_got
 
+#: What PIL raises for a corrupt or truncated file (others, e.g. struct.error, are caught too).
+PIL_CORRUPT = (OSError, ValueError, SyntaxError, EOFError)
+
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 ``[H, W, 3]`` RGB.
@@ -36,14 +39,21 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                                     "an unrecognised file format")) from None
     except Image.DecompressionBombError as e:
         raise BadInput(expected_got(thing, "an image of a sane size", _first_line(e))) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "corrupt"
+    except PIL_CORRUPT as e:  # PIL's ways of saying "corrupt"
         raise BadInput(expected_got(thing, "a readable, complete image", _first_line(e))) from None
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise others on hostile files (struct.error, ...)
+        raise BadInput(expected_got(thing, "a readable, complete image", f"{type(e).__name__}: {_first_line(e)}")) from None
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
         raise BadInput(expected_got(thing, "an RGB image with at least 1x1 pixels", f"shape {list(array.shape)}"))
     return array
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first non-empty line (its type name when it has no message), at most 200 characters."""
+    return _first_line(error)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]
+    return (text.splitlines() or [type(error).__name__])[0][:200]

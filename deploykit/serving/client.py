@@ -111,11 +111,21 @@ class Client:
 
     def _configure(self, config: dict[str, Any]) -> None:
         where = f"model {self.model!r} on {self.url}"
+        try:
+            self._configure_from(config, where)
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:  # a config deploykit did not write
+            raise BadInput(expected_got(f"{where} config", "a model config written by deploykit triton",
+                                        f"{type(e).__name__}: {e}"[:200])) from None
+
+    def _configure_from(self, config: dict[str, Any], where: str) -> None:
         raw = ((config.get("parameters") or {}).get("deploykit_manifest") or {}).get("string_value")
         if not raw:
             raise BadInput(expected_got(f"{where} config", "parameters.deploykit_manifest (a repository written "
                                         "by deploykit triton)", "none"))
         self.facts: dict[str, Any] = json.loads(raw)
+        if not isinstance(self.facts, dict):
+            raise BadInput(expected_got(f"{where} config parameters.deploykit_manifest", "a JSON object",
+                                        type(self.facts).__name__))
         self.kind: str = self.facts.get("kind", "")
         self.class_names = [str(n) for n in self.facts.get("class_names") or []]
         self.max_batch_size = int(config.get("max_batch_size") or 0)
@@ -185,7 +195,18 @@ class Client:
             return self._client.infer(self.model, inputs, model_version=self.version, outputs=outputs)
 
         result = self._call(run)
-        return {name: result.as_numpy(name) for name in self.outputs}
+        return self._checked({name: result.as_numpy(name) for name in self.outputs})
+
+    def _checked(self, out: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The response's outputs, each a numeric array with a batch axis; else a one-line ServerError."""
+        where = f"model {self.model!r} on {self.url} response"
+        for name, value in out.items():
+            if not isinstance(value, np.ndarray):
+                raise ServerError(expected_got(f"{where} output {name!r}", "an array", type(value).__name__))
+            if value.ndim < 1 or value.dtype.kind not in "biuf":
+                raise ServerError(expected_got(f"{where} output {name!r}", "a numeric array with a batch axis",
+                                               f"{value.dtype} {list(value.shape)}"))
+        return out
 
     # -- detector ------------------------------------------------------------------------------
     @property
@@ -230,6 +251,7 @@ class Client:
             out = self.infer({"images": self._fill_batch(tensor, "images"),
                               "image_sizes": self._fill_batch(sizes, "image_sizes")})
             resized = resized_sizes[0]
+        _check_detections(out, f"model {self.model!r} on {self.url} response")
         capacity = out["scores"].shape[1]
         n = int(np.clip(np.asarray(out["num_detections"]).reshape(-1)[0], 0, capacity))
         boxes = np.asarray(out["boxes"][0, :n], dtype=np.float32)
@@ -264,7 +286,13 @@ class Client:
         feed = self.generator_inputs.feed(label_map, instance_map, z=z, seed=seed, resize=resize)
         if self.mode == "pipeline":  # the pipeline batches on the server: one sample per request
             feed = {k: v[:1] for k, v in feed.items()}
-        image = self.infer(feed)["image"][0]
+        image = self.infer(feed)["image"]
+        h, w = self.generator_inputs.size
+        want = (3, h, w) if image.dtype != np.uint8 else (h, w, 3)
+        if image.ndim != 4 or image.shape[0] < 1 or tuple(image.shape[1:]) != want:
+            raise ServerError(expected_got(f"model {self.model!r} on {self.url} response output 'image'",
+                                           f"[B, {', '.join(map(str, want))}] {image.dtype}", list(image.shape)))
+        image = image[0]
         return np.ascontiguousarray(image) if image.dtype == np.uint8 else to_uint8_image(image)
 
     # -- server facts --------------------------------------------------------------------------
@@ -297,6 +325,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_detections(out: dict[str, np.ndarray], where: str) -> None:
+    """A detector's response: num_detections, boxes [B, K, 4], scores [B, K], labels [B, K] (masks [B, N, H, W])."""
+    want = {"num_detections": None, "boxes": 3, "scores": 2, "labels": 2}
+    for name, rank in want.items():
+        a = out.get(name)
+        if a is None or a.size == 0 or (rank is not None and a.ndim != rank):
+            raise ServerError(expected_got(f"{where} output {name!r}", f"{rank or 'a'}-D array with a sample" if rank
+                                           else "an array with a sample", "none" if a is None else list(a.shape)))
+    k = out["scores"].shape[1]
+    if out["boxes"].shape[1:] != (k, 4) or out["labels"].shape[1] != k:
+        raise ServerError(expected_got(f"{where} outputs", f"boxes [B, {k}, 4] and labels [B, {k}] as scores",
+                                       f"boxes {list(out['boxes'].shape)}, labels {list(out['labels'].shape)}"))
+    masks = out.get("masks")
+    if masks is not None and masks.ndim != 4:
+        raise ServerError(expected_got(f"{where} output 'masks'", "[B, N, H, W]", list(masks.shape)))
 
 
 def _triton_dtype(dtype: np.dtype) -> str:

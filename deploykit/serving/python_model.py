@@ -153,6 +153,8 @@ class GraphHandler(Handler):
         missing = [n for n in names if any(n not in f for f in feeds)]
         if missing:
             raise BadInput(f"inputs {missing} missing from a request")
+        if any(len({f[n].shape[1:] for f in feeds}) > 1 for n in names):  # sizes differ: each request alone
+            return [self._run_all([f])[0] for f in feeds]
         feed = {n: np.concatenate([f[n] for f in feeds]) if len(feeds) > 1 else feeds[0][n] for n in names}
         counts = [len(f[names[0]]) for f in feeds]
         out = self.runner.run(feed)
