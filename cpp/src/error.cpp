@@ -2,8 +2,29 @@
 
 namespace deploykit::core {
 
+namespace {
+
+// Control characters (a newline in a manifest's field name, say) as \xNN: a message stays one line.
+std::string printable(const std::string& text) {
+    std::string out;
+    out.reserve(text.size());
+    for (unsigned char c : text) {
+        if (c < 0x20 || c == 0x7f) {
+            static const char* hex = "0123456789abcdef";
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
 std::string expected_got(const std::string& thing, const std::string& expected, const std::string& got) {
-    return thing + ": expected " + expected + ", got " + got;
+    return printable(thing + ": expected " + expected + ", got " + got);
 }
 
 void bad_input(const std::string& thing, const std::string& expected, const std::string& got) {

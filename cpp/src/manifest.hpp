@@ -59,6 +59,25 @@ Manifest parse_manifest(const std::string& text, const std::filesystem::path& pa
 // of the bytes that will be loaded) must equal the manifest's, else bad_input.
 std::optional<Manifest> find_manifest(const std::filesystem::path& artifact, const std::string& artifact_sha256);
 
+// The crash-safe write of an artifact and its manifest (deploykit/manifest.py, write_artifact): a
+// writer renames X.onnx.new then X.json.new into place (X.json.new is the commit point). Readers
+// finish such an interrupted commit (both .new complete, checked by the sha256 X.json.new records)
+// or undo it (only X.onnx.new: the old pair stands) before they read; where the folder is not
+// writable the committed names are read as they are.
+void settle_artifact(const std::filesystem::path& artifact);
+
+// flock on a folder (shared for readers, exclusive for writers); nothing where it cannot be taken.
+class DirLock {
+public:
+    DirLock(const std::filesystem::path& folder, bool shared);
+    ~DirLock();
+    DirLock(const DirLock&) = delete;
+    DirLock& operator=(const DirLock&) = delete;
+
+private:
+    int fd_ = -1;
+};
+
 // Reading helpers shared by the pipelines: each throws bad_input naming `where` + field.
 const nlohmann::json& require_field(const nlohmann::json& object, const std::string& key, const std::string& where);
 std::string require_string(const nlohmann::json& object, const std::string& key, const std::string& where);

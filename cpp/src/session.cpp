@@ -32,6 +32,7 @@ std::string names_text(const std::vector<TensorSpec>& specs) {
 }  // namespace
 
 Session::Session(const fs::path& path, const SessionOptions& options, bool require_manifest) : path_(path) {
+    settle_artifact(path);  // finish or undo an interrupted write of the artifact and its manifest
     if (!fs::is_regular_file(path)) {
         std::string got = fs::is_directory(path) ? "a directory" : "no such file";
         bad_input("model " + path.string(), "an existing .onnx, .plan or .engine file", got);
@@ -43,8 +44,12 @@ Session::Session(const fs::path& path, const SessionOptions& options, bool requi
     if (options.threads < 0) bad_input("threads", "0 (ONNX Runtime decides) or a positive int", std::to_string(options.threads));
     if (options.device_id < 0) bad_input("device_id", "a CUDA device index >= 0", std::to_string(options.device_id));
     // The verified bytes are the loaded bytes: read once, hash, hand the same buffer to the backend.
-    const std::string bytes = read_bytes(path);
-    manifest_ = find_manifest(path, sha256_hex(bytes.data(), bytes.size()));
+    std::string bytes;
+    {
+        DirLock lock(path.parent_path(), /*shared=*/true);  // a writer's commit waits: artifact and manifest agree
+        bytes = read_bytes(path);
+        manifest_ = find_manifest(path, sha256_hex(bytes.data(), bytes.size()));
+    }
     if (require_manifest && !manifest_)
         bad_input("model " + path.string(), "a deploykit manifest " + manifest_path(path).filename().string() + " beside it",
                   "no manifest");

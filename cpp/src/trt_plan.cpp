@@ -31,7 +31,8 @@ std::optional<std::array<int64_t, 3>> image_dim_range(const Manifest& manifest, 
         {"padded_height", {"padded_size_range", 0}}, {"padded_width", {"padded_size_range", 1}}};
     for (const auto& [name, where_in] : dims) {
         if (dim != name) continue;
-        const auto [key, axis] = where_in;
+        const char* key = where_in.first;  // not a structured binding: lambdas capture it (clang < 16)
+        const int axis = where_in.second;
         const nlohmann::json& pre = manifest.section("preprocessing");
         auto it = pre.find(key);
         if (it == pre.end() || !it->is_object())

@@ -2,7 +2,11 @@
 // names (contract 2), and the native TensorRT backend's GPU-free logic.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <functional>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "error.hpp"
 #include "fixtures.hpp"
@@ -20,7 +24,7 @@ namespace {
 json base_manifest() {
     return json::parse(R"({
       "format": "deploykit-manifest/1", "kind": "detector",
-      "artifact": {"file": "m.onnx", "format": "onnx", "sha256": "00"},
+      "artifact": {"file": "m.onnx", "format": "onnx", "sha256": "0000000000000000000000000000000000000000000000000000000000000000"},
       "model": {"name": "toy", "anything": {"goes": "here"}},
       "inputs": [{"name": "image", "dtype": "uint8", "shape": ["batch", "height", "width", 3]}],
       "outputs": [{"name": "boxes", "dtype": "float32", "shape": ["batch", 100, 4]}],
@@ -162,6 +166,71 @@ TEST(Manifest, FileNamesFollowContract2) {
     EXPECT_EQ(manifest_path(plan), tmp.path() / "demo.json");
     fixtures::write_file(tmp.path() / "demo.plan.json", j.dump());  // the primary name wins
     EXPECT_EQ(manifest_path(plan), tmp.path() / "demo.plan.json");
+}
+
+// The crash-safe write (deploykit/manifest.py write_artifact): what a killed writer leaves is finished or
+// undone by the reader, by the sha256 the pending manifest records.
+TEST(Manifest, SettlesAnInterruptedWrite) {
+    fixtures::TempDir tmp;
+    const fs::path a = tmp.path() / "a.onnx", m = tmp.path() / "a.json";
+    auto manifest_of = [](const std::string& bytes) {
+        return json{{"artifact", {{"sha256", sha256_hex(bytes.data(), bytes.size())}}}}.dump();
+    };
+    auto slurp = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    };
+    fixtures::write_file(a, "old");
+    fixtures::write_file(m, manifest_of("old"));
+    // past the commit point (both .new complete): rolled forward
+    fixtures::write_file(tmp.path() / "a.onnx.new", "new");
+    fixtures::write_file(tmp.path() / "a.json.new", manifest_of("new"));
+    settle_artifact(a);
+    EXPECT_EQ(slurp(a), "new");
+    EXPECT_EQ(slurp(m), manifest_of("new"));
+    EXPECT_FALSE(fs::exists(tmp.path() / "a.onnx.new"));
+    EXPECT_FALSE(fs::exists(tmp.path() / "a.json.new"));
+    // the artifact renamed already, the manifest not yet: rolled forward
+    fixtures::write_file(a, "newer");
+    fixtures::write_file(tmp.path() / "a.json.new", manifest_of("newer"));
+    settle_artifact(a);
+    EXPECT_EQ(slurp(m), manifest_of("newer"));
+    // before the commit point (only the artifact's .new): rolled back
+    fixtures::write_file(tmp.path() / "a.onnx.new", "half");
+    settle_artifact(a);
+    EXPECT_EQ(slurp(a), "newer");
+    EXPECT_FALSE(fs::exists(tmp.path() / "a.onnx.new"));
+    // a pending manifest that matches nothing: dropped, the committed pair stands
+    fixtures::write_file(tmp.path() / "a.json.new", manifest_of("other"));
+    settle_artifact(a);
+    EXPECT_FALSE(fs::exists(tmp.path() / "a.json.new"));
+    EXPECT_EQ(slurp(m), manifest_of("newer"));
+}
+
+TEST(Manifest, RefusesHostileValuesWithLimits) {
+    struct Case {
+        std::function<void(json&)> mutate;
+        const char* part;
+    };
+    std::vector<Case> cases = {
+        {[](json& j) { j["class_names"] = json::array(); for (int i = 0; i < 65537; ++i) j["class_names"].push_back("c"); },
+         "field 'class_names': expected at most 65536 names, got 65537"},
+        {[](json& j) { j["artifact"]["file"] = "../x.onnx"; }, "artifact field 'file': expected a file name without folders"},
+        {[](json& j) { j["artifact"]["sha256"] = "abc"; }, "artifact field 'sha256': expected 64 lowercase hex digits"},
+        {[](json& j) { j["batch"]["max"] = 70000; }, "batch: expected max at most 65536, got max=70000"},
+        {[](json& j) { j["batch"]["max"] = 18446744073709551615ull; }, "batch field 'max': expected an int of 64 bits"},
+        {[](json& j) { j["inputs"][0]["shape"][1] = 4294967296ll; }, "shape dim 1: expected at most 2147483647"},
+    };
+    for (auto& c : cases) {
+        json j = base_manifest();
+        c.mutate(j);
+        auto [code, message] = error_of([&] { parse_manifest(j.dump(), "m.json"); });
+        EXPECT_EQ(code, Code::bad_input) << message;
+        EXPECT_NE(message.find(c.part), std::string::npos) << message;
+    }
+    std::string deep = std::string(100, '[') + std::string(100, ']');
+    auto [code, message] = error_of([&] { parse_manifest(deep, "m.json"); });
+    EXPECT_EQ(message, "manifest m.json: expected JSON nested at most 64 deep, got deeper nesting");
 }
 
 TEST(Manifest, Sha256MismatchNamesBothDigests) {
