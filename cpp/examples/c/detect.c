@@ -6,6 +6,8 @@
 
 #include <stb_image.h>
 
+#include "../image_check.h"
+
 #include "deploykit/deploykit.h"
 
 static int report(dk_status status) {
@@ -28,8 +30,9 @@ int main(int argc, char** argv) {
     dk_detector* detector = NULL;
     dk_detections* detections = NULL;
     unsigned char* pixels = NULL;
-    double min_score = 0.0;
-    int width = 0, height = 0, channels = 0, code = 0;
+    double min_score = 0.3; /* as deploykit infer and deploykit-detect */
+    const char* why = NULL;
+    int width = 0, height = 0, code = 0;
     dk_status status;
     dk_image image;
     const dk_detection* d;
@@ -40,9 +43,9 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (argc == 4) min_score = atof(argv[3]);
-    pixels = stbi_load(argv[2], &width, &height, &channels, 3);
+    pixels = dk_load_image_file(argv[2], &width, &height, &why); /* size and JPEG checks, then stb */
     if (!pixels) {
-        fprintf(stderr, "detect_c: image %s: expected a readable image file, got %s\n", argv[2], stbi_failure_reason());
+        fprintf(stderr, "detect_c: image %s: expected a readable image file, got %s\n", argv[2], why);
         return 2;
     }
     if ((status = dk_options_create(&options)) != DK_OK || (status = dk_options_set_threads(options, 2)) != DK_OK ||

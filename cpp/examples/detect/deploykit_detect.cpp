@@ -6,6 +6,8 @@
 // No drawn PNG (the Python CLI also writes one). Images are decoded with stb_image (PNG decodes to the same pixels as PIL; JPEG decoders may differ by a grey level).
 #include <stb_image.h>
 
+#include "../image_check.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -144,11 +146,12 @@ int main(int argc, char** argv) {
             std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> owned;
             std::vector<deploykit::ImageView> views;
             for (const auto& path : paths) {
-                int width = 0, height = 0, channels = 0;
-                unsigned char* pixels = stbi_load(path.string().c_str(), &width, &height, &channels, 3);
+                int width = 0, height = 0;
+                const char* why = nullptr;  // size and JPEG checks before stb (../image_check.h)
+                unsigned char* pixels = dk_load_image_file(path.string().c_str(), &width, &height, &why);
                 if (!pixels) {
-                    std::string why = fs::exists(path) ? stbi_failure_reason() : "no such file";
-                    throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + path.string() + ": expected a readable image file, got " + why);
+                    const std::string reason = fs::exists(path) ? why : "no such file";
+                    throw deploykit::Error(DK_ERR_BAD_INPUT, "image " + path.string() + ": expected a readable image file, got " + reason);
                 }
                 owned.emplace_back(pixels, stbi_image_free);
                 views.emplace_back(pixels, width, height, 0, deploykit::PixelFormat::RGB);
