@@ -27,7 +27,7 @@ list() {
 
 build_cpp() {
     local ort
-    ort="$(cpp/scripts/fetch_onnxruntime.sh "$root/cpp/build/onnxruntime")"
+    ort="${DEPLOYKIT_ORT:-$(cpp/scripts/fetch_onnxruntime.sh "$root/cpp/build/onnxruntime")}"
     cmake -S cpp -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang-14 \
         -DCMAKE_CXX_COMPILER=clang++-14 -DDEPLOYKIT_FUZZ=ON -DDEPLOYKIT_SANITIZE=address,undefined \
         -DDEPLOYKIT_BUILD_TESTS=OFF -DDEPLOYKIT_BUILD_EXAMPLES=OFF -DDEPLOYKIT_BUILD_BENCH=OFF \

@@ -14,6 +14,7 @@ root="$PWD"
 build="${DEPLOYKIT_CPP_BUILD:-$root/cpp/build}"
 jobs="${DEPLOYKIT_CPP_JOBS:-2}"
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libgtest-dev libstb-dev)
+packages+=(clang-14 libclang-rt-14-dev)  # libFuzzer + sanitizers for cpp/fuzz (scripts/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -74,4 +75,11 @@ trt_compiled "$build/asan" " under ASan + UBSan"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     ctest --test-dir "$build/asan" --output-on-failure -j"$jobs"
+# The libFuzzer targets (clang, ASan + UBSan) build, and replay their kept inputs once (the ctest runs
+# above replayed them with g++ too); fuzzing for minutes is scripts/fuzz.sh, not CI.
+echo "== C++: libFuzzer targets (clang): build and replay the kept inputs"
+DEPLOYKIT_ORT="$ort" DEPLOYKIT_FUZZ_BUILD="$build/fuzz" DEPLOYKIT_FUZZ_OUT="$build/fuzz-out" scripts/fuzz.sh build
+for target in fuzz_manifest fuzz_c_api fuzz_stb; do
+    DEPLOYKIT_FUZZ_ARTIFACTS="$build/fuzz-out/artifacts" "$build/fuzz/fuzz/$target" -runs=0 "cpp/fuzz/corpus/$target" 2>&1 | tail -n 1
+done
 echo "== C++: done in $((SECONDS - start)) s"
