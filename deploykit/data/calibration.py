@@ -263,7 +263,7 @@ def _synthetic_maps(space: _LabelSpace, samples: int, seed: int, stream: int, sp
                                     f"{space.label_range} with dontcare values {space.dontcare}"))
 
     def one(i: int):
-        s = demo.make_sample(i, size=max(h, w), seed=stream, split=split)
+        s = demo.make_sample(i, size=max(h, w, 64), seed=stream, split=split)  # scenes need >= 16 px; tiny maps resize down
         lab = resize_nearest(s.label, (h, w)).astype(np.int64)
         inst = resize_nearest(s.instance, (h, w)).astype(np.int64)
         if not demo_space:

@@ -98,7 +98,11 @@ _WORK: dict[str, Any] = {}
 def workdir() -> Path:
     """A per-process folder with the toy artifacts (made on first use)."""
     if "dir" not in _WORK:
+        import atexit
+        import shutil
+
         d = Path(tempfile.mkdtemp(prefix="deploykit-fuzz-"))
+        atexit.register(shutil.rmtree, d, True)
         _WORK["dir"] = d
         _WORK["toys"] = toy_artifacts(d / "toys")
     return _WORK["dir"]
