@@ -322,3 +322,25 @@ def test_reader_rolls_an_interrupted_commit_forward_and_back(tmp_path):
     assert d.class_names == ["__background__", "x", "y"]
     d.close()
     assert not Path(str(det) + ".new").exists()
+
+
+def test_commands_on_a_full_disk_exit_2_and_keep_what_was_there(tmp_path, toys):
+    """`deploykit infer -o` and `deploykit triton` under RLIMIT_FSIZE: one line, exit 2, no partial files."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    for args, out in ((["infer", toys["detector"], image, "-o", tmp_path / "out"], tmp_path / "out"),
+                      (["triton", toys["detector"], "-o", tmp_path / "repo", "--backend", "python"], tmp_path / "repo")):
+        r = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=120, preexec_fn=limit)
+        assert r.returncode == 2, (args[0], r.returncode, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "expected written completely" in lines[0], (args[0], r.stderr)
+        left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+        for p in left:  # whatever is there is complete: the small JSON may have been written before the PNG
+            assert p.suffix == ".json", p
+            json.loads(p.read_text())
