@@ -346,26 +346,33 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> dict[str,
     artifact = Path(artifact)
     settle(artifact)
     with dir_lock(artifact.parent, shared=True):
-        path = manifest_path(artifact)
-        if not path.is_file():
-            raise BadInput(expected_got(f"manifest {path}", "a deploykit manifest beside the artifact",
-                                        "no such file"))
+        return read_manifest_locked(artifact, verify)
+
+
+def read_manifest_locked(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """:func:`read_manifest` for a caller that settled the pair and holds the folder's shared lock
+    (settling here would wait for an exclusive lock this process itself blocks)."""
+    artifact = Path(artifact)
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise BadInput(expected_got(f"manifest {path}", "a deploykit manifest beside the artifact",
+                                    "no such file"))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadInput(expected_got(f"manifest {path}", "a readable file", e.strerror or type(e).__name__)) from None
+    manifest = parse_manifest_text(data, path)
+    if verify:
+        want = manifest["artifact"]["sha256"]
         try:
-            data = path.read_bytes()
+            got = sha256_file(artifact)
         except OSError as e:
-            raise BadInput(expected_got(f"manifest {path}", "a readable file", e.strerror or type(e).__name__)) from None
-        manifest = parse_manifest_text(data, path)
-        if verify:
-            want = manifest["artifact"]["sha256"]
-            try:
-                got = sha256_file(artifact)
-            except OSError as e:
-                raise BadInput(expected_got(f"model {artifact}", "a readable file",
-                                            e.strerror or type(e).__name__)) from None
-            if want != got:
-                raise BadInput(expected_got(f"manifest {path}", f"sha256 of {artifact.name} = {want[:12]}…",
-                                            f"{got[:12]}… (artifact changed after export, or manifest belongs to "
-                                            "another file)"))
+            raise BadInput(expected_got(f"model {artifact}", "a readable file",
+                                        e.strerror or type(e).__name__)) from None
+        if want != got:
+            raise BadInput(expected_got(f"manifest {path}", f"sha256 of {artifact.name} = {want[:12]}…",
+                                        f"{got[:12]}… (artifact changed after export, or manifest belongs to "
+                                        "another file)"))
     return manifest
 
 

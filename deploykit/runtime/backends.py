@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import BadInput, expected_got
 from ..fileio import dir_lock
-from ..manifest import manifest_path, read_manifest, settle
+from ..manifest import manifest_path, read_manifest_locked, settle
 from . import onnxruntime, tensorrt
 from .session import Session
 
@@ -64,5 +64,5 @@ def load(path: str | os.PathLike, *, threads: int | None = None,
     settle(path)  # finish or undo an interrupted write of the artifact and its manifest
     # under a shared lock on the folder: a concurrent writer's commit waits until the backend has read the file
     with dir_lock(path.parent, shared=True):
-        manifest = read_manifest(path) if manifest_path(path).is_file() else None
+        manifest = read_manifest_locked(path) if manifest_path(path).is_file() else None
         return backend(path, manifest, threads=threads, providers=providers, cuda_graph=cuda_graph)
