@@ -76,14 +76,17 @@ def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size:
     cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size, extent_w)  # [B, K, w, M+2]
     rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size, extent_h)  # [B, K, h, M+2]
     along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, K, M+2, w]
-    pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
     if threshold is None:
+        pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
         g.nodes.append(helper.make_node("Identity", [pasted], [OUTPUT_NAME], name="paste/masks"))
     else:
-        above = g.op("Greater", pasted, g.const(float(threshold), np.float32, ()))
-        # 0/1 as float first: TensorRT converts to UINT8 only from FLOAT/HALF (DataType::kUINT8), not from BOOL
-        binary = g.op("Where", above, g.const(1.0, np.float32, ()), g.const(0.0, np.float32, ()))
-        g.nodes.append(helper.make_node("Cast", [binary], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
+        # Binary masks in two passes over the K x h x w product instead of four: a row's two taps sum to 1
+        # inside the box and to 0 outside, so rows · (along_rows + (1 - T)) is p + 1 - T inside the box and 0
+        # beyond, and the float -> UINT8 cast (truncation, TensorRT's DataType::kUINT8 and ONNX alike) gives
+        # 1 exactly where p >= T (p > T but for values within a float rounding of T).
+        lifted = g.op("MatMul", rows, g.op("Add", along_rows, g.const(1.0 - float(threshold), np.float32, ())),
+                      hint="pasted_lifted")
+        g.nodes.append(helper.make_node("Cast", [lifted], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
     return g.nodes, g.initializers
 
 
