@@ -114,8 +114,8 @@ class _Workload:
         if self.kind == "detector":
             from ..data.splits import held_out_images
 
-            images = held_out_images(n)
-            if self.runner.pixels_in:  # frames of one stream: one batch shares one size (the first image's)
+            images = held_out_images(n)  # mixed sizes: an image-list graph takes them as they are, in one call
+            if self.runner.pixels_in and not self.runner.image_list:  # frames of one stream: one size per batch
                 from PIL import Image
 
                 h, w = images[0].shape[:2]

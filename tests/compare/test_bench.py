@@ -183,3 +183,23 @@ def test_bad_report_path_exits_2_before_timing(runner, detector, tmp_path, monke
     _one_line_error(runner.invoke(main, ["bench", str(detector), "--iterations", "1", "--report", str(target)]),
                     "--report", str(target))
     assert not (tmp_path / "nope").exists()
+
+
+def test_image_list_graph_is_timed_on_mixed_sizes(runner, demo_detector_list_onnx, tmp_path):
+    from deploykit.compare.bench import _Workload
+
+    work = _Workload(demo_detector_list_onnx, threads=1)
+    try:
+        images = work.inputs(3)
+        feed = work.model_feed(images)
+    finally:
+        work.close()
+    assert len({im.shape[:2] for im in images}) == 3  # one call, three sizes, none resized
+    assert feed["image_hw"].tolist() == [list(im.shape[:2]) for im in images]
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(demo_detector_list_onnx), "--batch", "3", "--iterations", "1",
+                             "--warmup", "0", "--end-to-end", "--threads", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["results"][0]
+    assert row["batch"] == 3
+    _check_stats(row["end_to_end"], 1)
