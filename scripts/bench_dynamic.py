@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import interleaved  # scripts/, on the path when run as a script
 from PIL import Image
 
 from deploykit.compare.reference import calibrate_batchnorm, reference_detections
@@ -36,20 +36,6 @@ from deploykit.runtime.profile import kernel_times, op_shares
 MODELS = ["fasterrcnn_resnet50_fpn", "fasterrcnn_demo"]
 SIZES = [(480, 640), (750, 1000), (1080, 1920), (800, 800)]  # (height, width)
 FRONT_END_SIZES = [(1080, 1920), (2160, 3840)]
-
-
-def interleaved(a, b, iters: int, blocks: int = 2) -> tuple[float, float]:
-    """Median seconds of ``a()`` and ``b()``, timed in alternating blocks (same machine load)."""
-    ta, tb = [], []
-    a(), b()  # warm-up
-    for _ in range(blocks):
-        for fn, acc in ((a, ta), (b, tb)):
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t)
-            time.sleep(0.2)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def profile(path: Path, feed: dict, threads: int, runs: int = 3) -> tuple[list[tuple[str, float]], float]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import interleaved  # scripts/, on the path when run as a script
 from PIL import Image
 
 from deploykit.compare.reference import calibrate_batchnorm, reference_prediction
@@ -52,20 +53,6 @@ s.run(None, {{"image": np.load(sys.argv[2])}})
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(int(hwm.split()[1]))  # kB: this process's own high-water mark (ru_maxrss would carry the parent's)
 """
-
-
-def interleaved(a, b, iters: int, blocks: int = 2) -> tuple[float, float]:
-    """Median seconds of ``a()`` and ``b()``, timed in alternating blocks (same machine load)."""
-    ta, tb = [], []
-    a(), b()  # warm-up
-    for _ in range(blocks):
-        for fn, acc in ((a, ta), (b, tb)):
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t)
-            time.sleep(0.2)
-    return float(np.median(ta)), float(np.median(tb))
 
 
 def scene(h: int, w: int, i: int = 0) -> np.ndarray:

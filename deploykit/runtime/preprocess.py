@@ -322,9 +322,10 @@ def preprocess_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[
     return batch, np.asarray(sizes, dtype=np.float32).reshape(-1, 2), sizes
 
 
-def pixel_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None = None) -> np.ndarray:
-    """Images -> ``image`` uint8 [B, h, w, 3] for a pixels-in graph: RGB (gray/RGBA converted),
-    every image inside the manifest's ``image_size_range`` and all of one size."""
+def _rgb_in_range(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None
+                  ) -> tuple[Sequence[str], list[np.ndarray]]:
+    """The images as RGB (gray/RGBA converted), each inside the manifest's ``image_size_range``, and their
+    names for messages (``image`` / ``image i`` unless given)."""
     if names is None:
         names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
     rgb = [to_rgb(image, name) for image, name in zip(images, names)]
@@ -333,6 +334,13 @@ def pixel_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] 
         h, w = image.shape[:2]
         if not (low_h <= h <= high_h and low_w <= w <= high_w):
             raise BadInput(expected_got(f"{name} size", f"{pre.describe_range()}", f"{h}x{w}"))
+    return names, rgb
+
+
+def pixel_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[str] | None = None) -> np.ndarray:
+    """Images -> ``image`` uint8 [B, h, w, 3] for a pixels-in graph: RGB (gray/RGBA converted),
+    every image inside the manifest's ``image_size_range`` and all of one size."""
+    names, rgb = _rgb_in_range(images, pre, names)
     first = rgb[0].shape[:2] if rgb else None
     for image, name in zip(rgb[1:], names[1:]):
         if image.shape[:2] != first:
@@ -350,14 +358,7 @@ def image_list_batch(images: Sequence[Any], pre: Preprocessing, names: Sequence[
     ``image_hw`` int32 [B, 2] (each image's size) and ``canvas`` uint8 [Hp, Wp] (zeros; its shape is the
     batch's padded size by torchvision's rule: :func:`padded_batch_size` of the resized sizes).
     Sizes are checked against the manifest's ``image_size_range``; no pixel is resampled here."""
-    if names is None:
-        names = [f"image {i}" for i in range(len(images))] if len(images) > 1 else ["image"]
-    rgb = [to_rgb(image, name) for image, name in zip(images, names)]
-    (low_h, low_w), (high_h, high_w) = pre.image_size_range
-    for image, name in zip(rgb, names):
-        h, w = image.shape[:2]
-        if not (low_h <= h <= high_h and low_w <= w <= high_w):
-            raise BadInput(expected_got(f"{name} size", f"{pre.describe_range()}", f"{h}x{w}"))
+    names, rgb = _rgb_in_range(images, pre, names)
     hw = np.asarray([image.shape[:2] for image in rgb], np.int32).reshape(-1, 2)
     height, width = (int(hw[:, 0].max()), int(hw[:, 1].max())) if len(rgb) else (1, 1)
     batch = np.zeros((len(rgb), height, width, 3), np.uint8)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from test_detector_export import rel_err, spread_heads
+from test_dynamic_detector import ARCHITECTURES
 
 from deploykit import models
 from deploykit.compare.reference import reference_box_head_on, reference_raw_on
@@ -104,13 +105,7 @@ ASPECTS = [(3, 4), (9, 16), (2, 1)]  # one list: 4:3, 16:9 and 1:2 (height:width
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,min_size,max_size", [
-    ("fasterrcnn_resnet50_fpn", 320, 560),
-    ("fasterrcnn_resnet50_fpn_v2", 320, 560),
-    ("fasterrcnn_mobilenet_v3_large_fpn", 320, 560),
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, 640),
-    ("fasterrcnn_vgg16", 320, 560),
-])
+@pytest.mark.parametrize("name,min_size,max_size", ARCHITECTURES)
 def test_architecture_list_raw_parity(name, min_size, max_size, tmp_path):
     """One call on a list of three aspect ratios: every raw tensor of every image against torchvision's on the
     graph's own network input (the front end is compared with torchvision's transform above)."""
