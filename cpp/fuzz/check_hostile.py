@@ -1,6 +1,7 @@
 """Hostile manifests (tests/fuzz/hostile.py) beside a toy detector: `deploykit infer` (Python) and
 deploykit-detect (C++) each exit 2 with one line, and the two lines say the same after the
-manifest's path (the checks the two readers share are worded the same).
+manifest's path (the checks the two readers share are worded the same). Then the images fuzz_stb
+found: both refuse each in one line with exit 2.
 
     python cpp/fuzz/check_hostile.py WORK_DIR path/to/deploykit-detect
 """
@@ -56,6 +57,18 @@ def main() -> int:
         assert p == c, f"{name}: Python and C++ word it differently:\n  {p}\n  {c}"
         print(f"{name}: exit 2 from both, {c.strip()[:100]}")
     print(f"{len(NAMES)} hostile manifests: one line and exit 2 from Python and C++, worded the same")
+    # the images fuzz_stb found (each crashed or tripped a sanitizer in stb 2.27): refused in one line by both
+    hostile = sorted((ROOT / "cpp" / "fuzz" / "corpus" / "fuzz_stb").glob("crash-*"))
+    for path in hostile:
+        image = work / f"{path.name[:14]}.img"
+        shutil.copy(path, image)
+        for cmd, prefix in (([str(detect), str(source), str(image), "-o", str(work / "out_cpp")], "deploykit-detect: "),
+                            ([sys.executable, "-m", "deploykit.cli", "infer", str(source), str(image), "-o",
+                              str(work / "out_py")], "error: ")):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(prefix + "image "), (cmd, r.stderr)
+    print(f"{len(hostile)} hostile images from fuzz_stb: one line and exit 2 from deploykit-detect and deploykit infer")
     return 0
 
 
