@@ -76,6 +76,8 @@ MAX_TENSORS = 256
 MAX_RANK = 16
 MAX_DIM = (1 << 31) - 1
 MAX_BATCH = 65536
+#: A dynamic batch's min is how many images the runtimes fill a batch up to (blank images): kept small.
+MAX_BATCH_MIN = 64
 #: Suffix of a committed-but-not-yet-renamed artifact or manifest (see :func:`write_artifact`).
 PENDING = ".new"
 
@@ -288,6 +290,8 @@ def _batch(value: Any, where: str) -> None:
         raise BadInput(expected_got(where, "ints with 1 <= min <= opt <= max", f"min={lo} opt={opt} max={hi}"))
     if hi > MAX_BATCH:
         raise BadInput(expected_got(where, f"max at most {MAX_BATCH}", f"max={hi}"))
+    if lo > MAX_BATCH_MIN:
+        raise BadInput(expected_got(where, f"min at most {MAX_BATCH_MIN} (runtimes fill a batch up to it)", f"min={lo}"))
 
 
 def plain_file_name(name: str) -> bool:

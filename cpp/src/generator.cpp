@@ -79,7 +79,11 @@ Generator::Generator(const std::filesystem::path& path, const SessionOptions& op
     std::string output = post.contains("output") ? require_string(post, "output", qwhere) : "float";
     if (output != "float" && output != "uint8") unsupported(qwhere + " field 'output'", "'float' or 'uint8'", "'" + output + "'");
     uint8_output_ = output == "uint8";
-    batch_ = m.batch.dynamic ? 1 : m.batch.opt;
+    // The batch a run repeats the map to: the graph's own static batch (the artifact is verified by its
+    // sha256; the manifest's batch section could ask for any number of copies), else one.
+    const TensorSpec* labels = session_->input("label_map");
+    batch_ = labels && !labels->shape.empty() && labels->shape[0].is_static() ? labels->shape[0].value : 1;
+    if (batch_ < 1) batch_ = 1;
 
     const TensorSpec* image = session_->output("image");
     bool ok = image && image->shape.size() == 4 && image->dtype == (uint8_output_ ? DType::uint8 : DType::float32);

@@ -34,6 +34,7 @@ constexpr size_t kMaxTensors = 256;
 constexpr size_t kMaxRank = 16;
 constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;
 constexpr int64_t kMaxBatch = 65536;
+constexpr int64_t kMaxBatchMin = 64;  // a dynamic batch is filled up to its min with blank images
 
 // The deepest nesting of [ and { outside strings, counted before parsing (the parser recurses).
 int nesting_depth(const std::string& text) {
@@ -136,6 +137,9 @@ BatchRange parse_batch(const json& batch, const std::string& where) {
                   "min=" + std::to_string(range.min) + " opt=" + std::to_string(range.opt) +
                       " max=" + std::to_string(range.max));
     if (range.max > kMaxBatch) bad_input(where, "max at most " + std::to_string(kMaxBatch), "max=" + std::to_string(range.max));
+    if (range.min > kMaxBatchMin)
+        bad_input(where, "min at most " + std::to_string(kMaxBatchMin) + " (runtimes fill a batch up to it)",
+                  "min=" + std::to_string(range.min));
     return range;
 }
 

@@ -135,8 +135,8 @@ class GeneratorInputs:
         self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
         batch = _section(manifest, "batch", where)
         opt = batch.get("opt", 1)
-        if not (_is_int(opt) and 1 <= opt <= 65536):
-            raise BadInput(expected_got(f"{where} manifest batch field 'opt'", "an int in 1..65536", json_text(opt)))
+        if not (_is_int(opt) and 1 <= opt <= 64):  # copies of the map a request carries (the Client repeats it)
+            raise BadInput(expected_got(f"{where} manifest batch field 'opt'", "an int in 1..64", json_text(opt)))
         self.batch = 1 if batch.get("dynamic") else int(opt)
         post = _section(manifest, "postprocessing", where)
         self.output_kind = post.get("output", "float")
@@ -225,6 +225,11 @@ class Generator(GeneratorInputs, OwnsSession):
             raise BadInput(expected_got(f"model {path}", "a generator manifest (kind 'generator')",
                                         f"kind {manifest.get('kind')!r}"))
         super().__init__(manifest, where=f"generator {path}")
+        # the batch a run repeats the map to is the graph's own static batch (the artifact is verified by its
+        # sha256; the manifest's batch section could ask for any number of copies), else one
+        spec = next((s for s in self.session.inputs if s.name == "label_map"), None)
+        dim = spec.shape[0] if spec is not None and spec.shape else None
+        self.batch = dim if isinstance(dim, int) and dim >= 1 else 1
 
     # -- run ------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ CASES: dict[str, tuple[Callable[[dict], None], str]] = {
     "huge float": (_set("batch/max", 1e300), " batch field 'max': expected an int, got a number 1e+300"),
     "huge int": (_set("batch/max", 18446744073709551615),
                  " batch field 'max': expected an int of 64 bits, got 18446744073709551615"),
+    "batch min of 65536": (lambda m: m["batch"].update(min=65536, opt=65536, max=65536),
+                           " batch: expected min at most 64 (runtimes fill a batch up to it), got min=65536"),
     "batch too large": (_set("batch/max", 100000), " batch: expected max at most 65536, got max=100000"),
     "deep nesting": (_set("model", _nested(200)), ": expected JSON nested at most 64 deep, got deeper nesting"),
     "unknown field": (_set("surprise", 1), " field 'surprise': expected one of the fields this runtime reads [format, "
