@@ -211,12 +211,84 @@ def fuzz_calibration(data: bytes) -> None:
 
 # -- deploykit check on ONNX protos -----------------------------------------------------------
 
+_ATTRS = ("axis", "to", "sorted", "largest", "mode", "coordinate_transformation_mode", "nearest_mode",
+          "output_height", "output_width", "sampling_ratio", "keepdims", "fmod", "ceil_mode", "auto_pad", "perm",
+          "kernel_shape", "strides", "pads", "center_point_box", "saturate", "block_size", "value")
+_WORDS = (b"nearest", b"linear", b"cubic", b"half_pixel", b"asymmetric", b"floor", b"round_prefer_ceil",
+          b"output_half_pixel", b"NOTSET", b"SAME_UPPER", b"avg", b"max", b"\xff\xfe", b"")
+
+
+def _structured_model(r: Reader):
+    """One of the seed graphs with a few mutations the ONNX parser keeps (ops, attributes, element types,
+    dims, wiring), so the rules of deploykit check see graphs that parse, not mostly broken bytes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.export.trt_support import OPS
+
+    seeds = _WORK.get("onnx_seeds")
+    if seeds is None:
+        seeds = [p.read_bytes()[1:] for p in sorted((HERE / "corpus" / "trt_check").glob("seed-*.onnx"))]
+        _WORK["onnx_seeds"] = seeds
+    model = onnx.load_from_string(seeds[r.u8() % len(seeds)])
+    g = model.graph
+    ops = sorted(OPS) + ["Loop", "Custom", "NonZero", "Unique"]
+    types = list(TensorProto.DataType.values()) + [0, 99]
+    for _ in range(r.u8() % 8):
+        what = r.u8() % 7
+        nodes = list(g.node)
+        tensors = [v for v in list(g.input) + list(g.output) + list(g.value_info)]
+        names = [o for n in nodes for o in n.output] + [i.name for i in g.input] + [t.name for t in g.initializer]
+        if what == 0 and nodes:
+            r.choice(nodes).op_type = r.choice(ops)
+        elif what == 1 and nodes:
+            node, name = r.choice(nodes), r.choice(_ATTRS)
+            kind = r.u8() % 4
+            value = ([r.u8() - 128 for _ in range(1 + r.u8() % 4)] if kind == 0 else r.choice(_WORDS) if kind == 1
+                     else (r.u16() - 32768) / 7.0 if kind == 2 else r.u8() - 8)
+            del_at = [i for i, a in enumerate(node.attribute) if a.name == name]
+            for i in reversed(del_at):
+                del node.attribute[i]
+            node.attribute.append(helper.make_attribute(name, value))
+        elif what == 2 and tensors:
+            r.choice(tensors).type.tensor_type.elem_type = r.choice(types)
+        elif what == 3 and tensors:
+            dims = r.choice(tensors).type.tensor_type.shape.dim
+            if len(dims):
+                d = dims[r.u8() % len(dims)]
+                if r.u8() % 2:
+                    d.dim_value = r.u16()
+                else:
+                    d.dim_param = r.choice(["batch", "height", "width", "n", "a\nb", ""])
+        elif what == 4 and nodes and names:
+            node = r.choice(nodes)
+            if len(node.input):
+                node.input[r.u8() % len(node.input)] = r.choice(names)
+        elif what == 5 and names:
+            op = r.choice(["Cast", "Shape", "TopK", "Resize", "NonMaxSuppression", "QuantizeLinear", "Range", "Mod"])
+            node = g.node.add()
+            node.op_type, node.name = op, f"fuzz{len(nodes)}"
+            node.input.extend(r.choice(names) for _ in range(1 + r.u8() % 3))
+            node.output.append(f"fuzz_out{len(nodes)}")
+            if op == "Cast":
+                node.attribute.append(helper.make_attribute("to", r.choice(types)))
+        elif what == 6 and g.initializer:
+            t = r.choice(list(g.initializer))
+            t.data_type = r.choice(types)
+    return model.SerializeToString()
+
+
 def fuzz_trt_check(data: bytes) -> None:
+    """First byte even: the rest is an ONNX file as it is; odd: mutations of a seed graph (_structured_model)."""
     import onnx
 
     from deploykit.export.rules import graph_violations
     from deploykit.export.trt_support import check_file, report_text
 
+    if data[:1] and data[0] % 2:
+        data = _structured_model(Reader(data[1:]))
+    elif data[:1]:
+        data = data[1:]
     d = _fresh("trt_check")
     path = d / "model.onnx"
     path.write_bytes(data)
