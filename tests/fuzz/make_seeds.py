@@ -20,7 +20,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from toys import DETECTOR_MANIFEST, GENERATOR_MANIFEST, GEN_SIZE, K  # noqa: E402
+from toys import DETECTOR_MANIFEST, GEN_SIZE, GENERATOR_MANIFEST, K  # noqa: E402
 
 CORPUS = HERE / "corpus"
 
@@ -88,11 +88,10 @@ def calibration() -> None:
 def onnx_graphs() -> None:
     import onnx
     from onnx import TensorProto, helper
-
     from toys import _detector_model, _generator_model
 
-    _write("trt_check", "detector.onnx", _detector_model().SerializeToString())
-    _write("trt_check", "generator.onnx", _generator_model().SerializeToString())
+    _write("trt_check", "detector.onnx", b"\x00" + _detector_model().SerializeToString())
+    _write("trt_check", "generator.onnx", b"\x00" + _generator_model().SerializeToString())
     n = helper.make_node
     f = TensorProto.FLOAT
     cases = {
@@ -117,12 +116,16 @@ def onnx_graphs() -> None:
             "c", TensorProto.BOOL, [])]), else_branch=helper.make_graph([], "e", [], [helper.make_tensor_value_info(
                 "c", TensorProto.BOOL, [])]))], [("c", TensorProto.BOOL, [])], [("y", TensorProto.BOOL, [])], []),
     }
+    # structured mode (first byte odd): seed graph index, number of mutations, then each mutation's bytes
+    for i, recipe in enumerate((b"\x00\x03\x00\x05\x01\x02\x07\x01", b"\x02\x04\x05\x00\x02\x01\x03\x00\x01\x09",
+                                b"\x05\x02\x01\x00\x05\x01\x01\x02\x06\x00\x03")):
+        _write("trt_check", f"structured-{i}", b"\x01" + recipe)
     for name, (nodes, ins, outs, inits) in cases.items():
         graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(*i) for i in ins],
                                   [helper.make_tensor_value_info(*o) for o in outs], initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         model.ir_version = 9
-        _write("trt_check", f"{name}.onnx", model.SerializeToString())
+        _write("trt_check", f"{name}.onnx", b"\x00" + model.SerializeToString())
     del onnx
 
 
