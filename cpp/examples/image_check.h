@@ -6,7 +6,8 @@
  * - What stb_image 2.27 (Debian 12's libstb) gets wrong, each found by fuzz_stb: a JPEG Huffman
  *   table whose 16 code counts add up to more than 256 (stb writes past its 256-entry tables: the
  *   marker segments are walked as stb reads them and such a file is refused as corrupt); a 16-bit
- *   PGM/PPM (stb reads past its buffer converting it to 8 bits: refused); numbers of ten digits in a
+ *   PGM/PPM (stb reads past its buffer converting it to 8 bits: refused); a PNG whose first IDAT chunk
+ *   is empty (memcpy to NULL: refused); numbers of ten digits in a
  *   PGM/PPM header (signed overflow in stb: refused); a failure without a
  *   reason and a PNM with a zero side (reported as errors, see dk_decode_image).
  */
@@ -17,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <stb_image.h>
 
@@ -59,6 +61,23 @@ static inline const char* dk_jpeg_tables_problem(const unsigned char* data, size
     return NULL;
 }
 
+/* NULL unless a PNG's first IDAT chunk is empty: stb 2.27 then copies 0 bytes to a NULL buffer (memcpy
+ * with NULL, undefined behaviour; found by fuzz_stb). Chunks walked from the signature. */
+static inline const char* dk_png_problem(const unsigned char* data, size_t size) {
+    static const unsigned char signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+    size_t pos = 8;
+    if (size < 8 || memcmp(data, signature, 8) != 0) return NULL;
+    while (pos + 8 <= size) {
+        size_t length = ((size_t)data[pos] << 24) | ((size_t)data[pos + 1] << 16) | ((size_t)data[pos + 2] << 8) |
+                        data[pos + 3];
+        const unsigned char* type = data + pos + 4;
+        if (memcmp(type, "IDAT", 4) == 0) return length == 0 ? "a PNG whose first IDAT chunk is empty" : NULL;
+        if (memcmp(type, "IEND", 4) == 0 || length > size) return NULL;
+        pos += 12 + length;
+    }
+    return NULL;
+}
+
 /* NULL when a PGM/PPM header's numbers fit stb's int arithmetic (or it is no PGM/PPM), else why not.
  * Read as stb 2.27 reads them (whitespace and # comments skipped, digits accumulated): it multiplies
  * without a bound, a signed overflow for a number of ten digits or more (found by fuzz_stb). */
@@ -92,6 +111,7 @@ static inline const char* dk_image_problem(const unsigned char* data, size_t siz
     int width = 0, height = 0, channels = 0;
     const char* early = dk_jpeg_tables_problem(data, size); /* first: stbi_info parses these too */
     if (!early) early = dk_pnm_header_problem(data, size);
+    if (!early) early = dk_png_problem(data, size);
     if (early) return early;
     if (size > (size_t)INT32_MAX) return "a file smaller than 2 GiB";
     if (stbi_info_from_memory(data, (int)size, &width, &height, &channels) &&

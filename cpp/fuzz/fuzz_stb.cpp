@@ -16,7 +16,7 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     int width = 0, height = 0, channels = 0;
     // The examples decode up to 2^26 pixels; the fuzzer skips declared sizes over 2^22 to keep its speed.
-    if (size < (1u << 30) && !dk_jpeg_tables_problem(data, size) && !dk_pnm_header_problem(data, size) && stbi_info_from_memory(data, static_cast<int>(size), &width, &height, &channels) &&
+    if (size < (1u << 30) && !dk_jpeg_tables_problem(data, size) && !dk_pnm_header_problem(data, size) && !dk_png_problem(data, size) && stbi_info_from_memory(data, static_cast<int>(size), &width, &height, &channels) &&
         static_cast<long long>(width) * height > (1LL << 22))
         return 0;
     const char* why = nullptr;

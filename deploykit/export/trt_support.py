@@ -749,6 +749,7 @@ def check_file(path: str | os.PathLike) -> Readiness:
     except Exception as e:  # noqa: BLE001 - protobuf/onnx raise many types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(expected_got(f"ONNX model {path}", "a valid ONNX model", first)) from None
+    inferred = _inferred_isolated(model, path)
     manifest = None
     mpath = manifest_path(path)
     if mpath.is_file():
@@ -758,4 +759,34 @@ def check_file(path: str | os.PathLike) -> Readiness:
             data = None  # a hostile or broken manifest says nothing about how the graph was made
         if data is not None and data["artifact"]["file"] == path.name:
             manifest = data  # only the manifest that names this file says how it was made
-    return check_readiness(model, manifest)
+    return check_readiness(inferred, manifest, inferred=True)
+
+
+def _inferred_isolated(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """:func:`_inferred` in a forked child: onnx's shape inference is native code that a hostile file can
+    crash (onnx 1.21 segfaults on a ConvTranspose with a scalar weight; found by the py-trt_check fuzzer).
+    A child that dies is one BadInput line; where fork is missing, inference runs in this process."""
+    from ..errors import BadInput, expected_got
+
+    if not hasattr(os, "fork"):
+        return _inferred(model)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: infer, send the model back, exit without running the parent's cleanups
+        os.close(read_fd)
+        try:
+            data = _inferred(model).SerializeToString()
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 - anything: the parent reports it
+            os._exit(1)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as inp:
+        data = inp.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0 or not data:
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        raise BadInput(expected_got(f"ONNX model {path}", "a graph onnx's shape inference can read",
+                                    f"onnx's shape inference crashed on it ({how})"))
+    return onnx.load_from_string(data)
