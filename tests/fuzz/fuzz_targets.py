@@ -229,6 +229,8 @@ def _structured_model(r: Reader):
     seeds = _WORK.get("onnx_seeds")
     if seeds is None:
         seeds = [p.read_bytes()[1:] for p in sorted((HERE / "corpus" / "trt_check").glob("seed-*.onnx"))]
+        if not seeds:  # a clone without them (e.g. a .gitignore eating *.onnx) must say so, not divide by 0
+            raise RuntimeError(f"no seed-*.onnx in {HERE / 'corpus' / 'trt_check'}: run tests/fuzz/make_seeds.py")
         _WORK["onnx_seeds"] = seeds
     model = onnx.load_from_string(seeds[r.u8() % len(seeds)])
     g = model.graph
