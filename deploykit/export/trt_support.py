@@ -33,7 +33,9 @@ No torch and no TensorRT here; pure ``onnx``.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -775,6 +777,11 @@ def _inferred_isolated(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     if pid == 0:  # the child: infer, send the model back, exit without running the parent's cleanups
         os.close(read_fd)
         try:
+            # die of a crash by the default action: no inherited handler (faulthandler's dump, a fuzzer's
+            # crash report) may speak for the child; the parent reports the signal
+            faulthandler.disable()
+            for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT):
+                signal.signal(sig, signal.SIG_DFL)
             data = _inferred(model).SerializeToString()
             with os.fdopen(write_fd, "wb") as out:
                 out.write(data)
