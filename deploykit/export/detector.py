@@ -18,6 +18,7 @@ from .detection.image_list import front_end_list
 from .detection.mask_paste import attach_paste
 from .detection.mask_rcnn import DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES, ExportableMaskRCNN
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
+from .detection.rows import INDEX_OUTPUT
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
 from .rules import check_graph
 
@@ -208,6 +209,10 @@ def export_detector(
             say("adding the mask paste (image-size masks, two matrix products per detection)")
             onnx_model = attach_paste(onnx_model, mask_size=wrapper.mask_size, threshold=mask_threshold,
                                       keep_compact=masks == "both")
+        elif with_masks:  # the row list only feeds the paste
+            kept = [o for o in onnx_model.graph.output if o.name != INDEX_OUTPUT]
+            del onnx_model.graph.output[:]
+            onnx_model.graph.output.extend(kept)
         if debug_outputs:  # the network's input as the front end made it, for raw parity on that very input
             onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
         check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs))

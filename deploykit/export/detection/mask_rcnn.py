@@ -1,6 +1,7 @@
 """Export-friendly Mask R-CNN: :class:`ExportableFasterRCNN` plus torchvision's mask head on the final boxes.
 
-After the detections (as for Faster R-CNN), the mask branch runs as torchvision's
+After the detections (as for Faster R-CNN), the mask branch runs on the detections the batch
+holds (the first ``n`` of the K rows, :mod:`.rows`; re-padded to K after the head) as torchvision's
 ``RoIHeads`` does at eval: ``MultiScaleRoIAlign`` (14×14, :class:`LevelRoIAlign`) on the final
 boxes in network-input pixels, the mask head and predictor, the logits of each detection's
 own class (a gather by label), sigmoid. Then, for the paste into the original image
@@ -27,8 +28,9 @@ from torchvision.models.detection import MaskRCNN
 from .boxes import clip_to_sizes, scale_to_original
 from .faster_rcnn import ExportableFasterRCNN
 from .roi_align import LevelRoIAlign
+from .rows import INDEX_OUTPUT, gather_rows, row_index, scatter_rows
 
-MASK_OUTPUT_NAMES = ["mask_probs", "mask_boxes"]
+MASK_OUTPUT_NAMES = ["mask_probs", "mask_boxes", INDEX_OUTPUT]  # the index is dropped after the paste
 DEBUG_OUTPUT_NAMES = ["boxes_network", "mask_logits"]
 FRONT_END_DEBUG_OUTPUTS = ["images", "image_sizes"]  # exposed by the exporter after the front end is merged
 
@@ -74,16 +76,20 @@ class ExportableMaskRCNN(ExportableFasterRCNN):
         num, boxes, scores, labels = detections  # boxes in network-input pixels, labels -1 for padding rows
         b, k = boxes.shape[0], boxes.shape[1]
         m = self.mask_size
-        pooled = self.mask_pool(feats, boxes, dynamic=self.dynamic, padded=padded, canvas=self.input_size)
-        logits = self.mask_predictor(self.mask_head(pooled))  # [B·K, C, M, M]
-        cls = torch.clamp(labels, min=0).to(torch.int64).reshape(b * k, 1, 1, 1).expand(b * k, 1, m, m)
-        chosen = torch.gather(logits, 1, cls).reshape(b, k, m, m)
-        found = (labels >= 0).reshape(b, k, 1, 1)
+        index = row_index(num, k)  # the branch on each image's first n rows only (module .rows)
+        head_boxes, head_labels = gather_rows(boxes, index), gather_rows(labels, index)
+        n = index.shape[1]
+        pooled = self.mask_pool(feats, head_boxes, dynamic=self.dynamic, padded=padded, canvas=self.input_size)
+        logits = self.mask_predictor(self.mask_head(pooled))  # [B·n, C, M, M]
+        cls = torch.clamp(head_labels, min=0).to(torch.int64).reshape(b * n, 1, 1, 1).expand(b * n, 1, m, m)
+        chosen = torch.gather(logits, 1, cls).reshape(b, n, m, m)
+        found = (head_labels >= 0).reshape(b, n, 1, 1)
         probs = torch.where(found, torch.sigmoid(chosen), torch.zeros_like(chosen))
-        original = scale_to_original(boxes, image_sizes, original_sizes)  # unclipped, as torchvision pastes
-        corners = torch.where(found.reshape(b, k, 1), expand_to_corners(original, m),
+        original = scale_to_original(head_boxes, image_sizes, original_sizes)  # unclipped, as torchvision pastes
+        corners = torch.where(found.reshape(b, n, 1), expand_to_corners(original, m),
                               torch.zeros(1, dtype=torch.int64)).to(torch.int32)
-        outputs = (num, clip_to_sizes(original, original_sizes), scores, labels, probs, corners)
+        outputs = (num, clip_to_sizes(scale_to_original(boxes, image_sizes, original_sizes), original_sizes), scores,
+                   labels, scatter_rows(probs, index, k), scatter_rows(corners, index, k), index)
         if self.debug_outputs:
-            outputs += (boxes, chosen)
+            outputs += (boxes, scatter_rows(chosen, index, k))
         return outputs

@@ -117,7 +117,8 @@ class LevelRoIAlign:
             maps = [replicate_border(f, padded[:, 0] * (f.shape[-2] / h), padded[:, 1] * (f.shape[-1] / w))
                     for f in maps]
         flat = boxes.reshape(b * p, 4)
-        batch_idx = torch.arange(b, dtype=flat.dtype).repeat_interleave(p).unsqueeze(1)
+        # (not repeat_interleave: its ONNX translation expands to the wrong shape when p is data-dependent)
+        batch_idx = torch.arange(b, dtype=flat.dtype).reshape(b, 1).expand(b, p).reshape(b * p, 1)
         if len(maps) == 1 or self.k_min == self.k_max:  # one level receives every RoI
             rois = torch.cat([batch_idx, flat], dim=1)
             return torchvision.ops.roi_align(maps[0], rois, self.output, spatial_scale=self.scales[0],
