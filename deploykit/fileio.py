@@ -130,6 +130,17 @@ def write_failed(path: str | os.PathLike, error: OSError) -> BadInput:
     return BadInput(expected_got(f"output {path}", "written completely", f"{reason}; nothing was replaced"))
 
 
+def _ready_parent(path: str | os.PathLike) -> Path:
+    """``path`` as a Path whose folder exists, with temporaries of killed writers beside it removed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    clean_stale(path.parent, path.name)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -139,12 +150,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     raises :class:`BadInput` naming ``path``. The written file gets the permissions a
     plain write gives (umask; an existing file's own bits).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    clean_stale(path.parent, path.name)
+    path = _ready_parent(path)
     mode = _mode_for(path)
     tmp_path = path.parent / _temp_name(path.name, "tmp")
     try:
@@ -174,12 +180,7 @@ def stage_dir(path: str | os.PathLike) -> Iterator[Path]:
     ``.NAME.stage.<pid>.<hex>``, made with the umask's directory mode; folders left by
     killed processes are removed by the next call (:func:`clean_stale`).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    clean_stale(path.parent, path.name)
+    path = _ready_parent(path)
     stage = path.parent / _temp_name(path.name, "stage")
     try:
         stage.mkdir(mode=0o777)  # the umask applies

@@ -314,24 +314,20 @@ def summary_table(summary: dict[str, Any]):
         c, ok = cs[0], all(x["ok"] for x in cs)
         return f"{c['op'].replace('<=', '≤').replace('>=', '≥')}{c['limit']:g} {'PASS' if ok else 'FAIL'}"
 
-    r = det["reference"]
-    table.add_row(det["model"], "PyTorch", f"mAP {100 * r['map']:.2f} / @.5 {100 * r['map50']:.2f}", "",
-                  f"{r['latency_ms']:.1f} ms", "1.00x", "")
-    for p in PRECISIONS:
-        row = det["rows"][p]
-        table.add_row("", p, f"mAP {100 * row['map']:.2f} / @.5 {100 * row['map50']:.2f}",
-                      f"{_signed(-row['drop']['map'])} / {_signed(-row['drop']['map50'])} pts", f"{row['latency_ms']:.1f} ms",
-                      f"{row['speedup']:.2f}x", verdict(p, det["model"]))
-    if masked:
-        table.add_section()
-        r = masked["reference"]
-        table.add_row(masked["model"], "PyTorch", f"mAP {100 * r['map']:.2f} / mask {100 * r['mask_map']:.2f}", "",
+    def detector_rows(result: dict, second: str, label: str) -> None:  # box mAP and a second metric
+        r = result["reference"]
+        table.add_row(result["model"], "PyTorch", f"mAP {100 * r['map']:.2f} / {label} {100 * r[second]:.2f}", "",
                       f"{r['latency_ms']:.1f} ms", "1.00x", "")
         for p in PRECISIONS:
-            row = masked["rows"][p]
-            table.add_row("", p, f"mAP {100 * row['map']:.2f} / mask {100 * row['mask_map']:.2f}",
-                          f"{_signed(-row['drop']['map'])} / {_signed(-row['drop']['mask_map'])} pts",
-                          f"{row['latency_ms']:.1f} ms", f"{row['speedup']:.2f}x", verdict(p, masked["model"]))
+            row = result["rows"][p]
+            table.add_row("", p, f"mAP {100 * row['map']:.2f} / {label} {100 * row[second]:.2f}",
+                          f"{_signed(-row['drop']['map'])} / {_signed(-row['drop'][second])} pts",
+                          f"{row['latency_ms']:.1f} ms", f"{row['speedup']:.2f}x", verdict(p, result["model"]))
+
+    detector_rows(det, "map50", "@.5")
+    if masked:
+        table.add_section()
+        detector_rows(masked, "mask_map", "mask")
     table.add_section()
     table.add_row(gen["model"], "PyTorch", "reference (FP32)", "", f"{gen['reference']['latency_ms']:.1f} ms",
                   "1.00x", "")
