@@ -14,10 +14,14 @@ comes first, as PyTorch interpolates along a row before between rows.
 
 The image's height and width are taken from the front end's float pixels (the uint8 ``image``
 only feeds a ``Cast``), so the ``masks`` output's spatial dims are the input's own (``height``,
-``width``): no data-dependent shape. Only the rows holding detections are pasted (``GatherND`` /
-``ScatterND`` with the row list of :mod:`.rows`). Memory: the output is K·h·w per image (uint8
-binary masks, or float32 probabilities without a threshold), the products n·h·w float32 and the
-scatter before the cast K·h·w float32.
+``width``): no data-dependent shape. Memory: the output is K·h·w per image (uint8 binary masks,
+or float32 probabilities without a threshold) and the product before it K·h·w float32.
+
+Every one of the K rows is pasted (rows without a detection give zeros). Pasting only the rows
+that hold detections (``GatherND`` by the row list of :mod:`.rows`, ``ScatterND`` of the results
+into K zero rows, which keeps the output's static shape) was measured slower on ONNX Runtime's
+CPU: materialising the zeros and the scatter's copy of the K·h·w float32 tensor cost more than the
+skipped products, and doubled the peak memory (docs/masks.md).
 """
 
 from __future__ import annotations
@@ -64,37 +68,32 @@ def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int, ext
     return g.op("Where", g.op("Unsqueeze", inside, g.const([-1])), g.op("Add", w0, w1), zero, hint="taps")
 
 
-def paste_nodes(probs: str, corners: str, index: str, pixels: str, sizes: str, *, mask_size: int,
-                threshold: float | None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size: int, threshold: float | None
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes computing ``masks`` [B, K, h, w] from ``probs`` [B, K, M, M], ``corners`` int32 [B, K, 4], the
-    rows holding detections ``index`` [B, n, 2] (:mod:`.rows`: only they are pasted, the rest stay 0), the
     float pixels [B, h, w, 3] and each image's own ``sizes`` float [B, 2] (h, w; smaller than the frame in
     an image-list batch): uint8 0/1 (``probability > threshold``) or float32 probabilities (None)."""
     g = _Builder("paste/")
-    held = g.op("GatherND", probs, index)  # [B, n, M, M]
-    padded = g.op("Pad", held, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0.0, np.float32, ()), mode="constant")
-    box = g.op("Cast", g.op("GatherND", corners, index), to=TensorProto.FLOAT)  # [B, n, 4]
+    padded = g.op("Pad", probs, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0.0, np.float32, ()), mode="constant")
+    box = g.op("Cast", corners, to=TensorProto.FLOAT)
     x0, y0, x1, y1 = (g.op("Slice", box, g.const([i]), g.const([i + 1]), g.const([2])) for i in range(4))
     size = mask_size + 2
     extent_h, extent_w = (g.op("Unsqueeze", g.op("Slice", sizes, g.const([i]), g.const([i + 1]), g.const([1])),
                                g.const([2])) for i in range(2))  # [B, 1, 1]
-    cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size, extent_w)  # [B, n, w, M+2]
-    rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size, extent_h)  # [B, n, h, M+2]
-    along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, n, M+2, w]
-    if threshold is not None:
-        # Binary masks in two passes over the n x h x w product instead of four: a row's two taps sum to 1
+    cols = _taps(g, _coordinates(g, pixels, axis=2), x0, x1, size, extent_w)  # [B, K, w, M+2]
+    rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size, extent_h)  # [B, K, h, M+2]
+    along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, K, M+2, w]
+    if threshold is None:
+        pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
+        g.nodes.append(helper.make_node("Identity", [pasted], [OUTPUT_NAME], name="paste/masks"))
+    else:
+        # Binary masks in two passes over the K x h x w product instead of four: a row's two taps sum to 1
         # inside the box and to 0 outside, so rows · (along_rows + (1 - T)) is p + 1 - T inside the box and 0
         # beyond, and the float -> UINT8 cast (truncation, TensorRT's DataType::kUINT8 and ONNX alike) gives
         # 1 exactly where p >= T (p > T but for values within a float rounding of T).
-        along_rows = g.op("Add", along_rows, g.const(1.0 - float(threshold), np.float32, ()))
-    pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, n, h, w]
-    frame = g.op("Concat", g.op("Shape", probs, start=0, end=2), g.op("Shape", pasted, start=2, end=4), axis=0)
-    every = g.op("ScatterND", g.op("Expand", g.const(0.0, np.float32, ()), frame), index, pasted,
-                 hint="scattered")  # [B, K, h, w], 0 in the rows without a detection
-    if threshold is None:
-        g.nodes.append(helper.make_node("Identity", [every], [OUTPUT_NAME], name="paste/masks"))
-    else:
-        g.nodes.append(helper.make_node("Cast", [every], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
+        lifted = g.op("MatMul", rows, g.op("Add", along_rows, g.const(1.0 - float(threshold), np.float32, ())),
+                      hint="pasted_lifted")
+        g.nodes.append(helper.make_node("Cast", [lifted], [OUTPUT_NAME], name="paste/masks", to=TensorProto.UINT8))
     return g.nodes, g.initializers
 
 
@@ -110,7 +109,7 @@ def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | N
                  ) -> onnx.ModelProto:
     """``model`` (pixels-in, with ``mask_probs`` and ``mask_boxes`` outputs) plus the ``masks`` output;
     ``keep_compact=False`` drops the compact outputs (they stay internal tensors)."""
-    nodes, inits = paste_nodes("mask_probs", "mask_boxes", INDEX_OUTPUT, float_pixels(model), "original_sizes",
+    nodes, inits = paste_nodes("mask_probs", "mask_boxes", float_pixels(model), "original_sizes",
                                mask_size=mask_size, threshold=threshold)
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
@@ -120,7 +119,7 @@ def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | N
     probs = next(o for o in model.graph.output if o.name == "mask_probs")
     k = probs.type.tensor_type.shape.dim[1].dim_value
     out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [dims[0], k, dims[1], dims[2]])
-    dropped = {INDEX_OUTPUT} | (set() if keep_compact else {"mask_probs", "mask_boxes"})
+    dropped = {INDEX_OUTPUT} | (set() if keep_compact else {"mask_probs", "mask_boxes"})  # the row list: .rows
     outputs = [o for o in model.graph.output if o.name not in dropped]
     del model.graph.output[:]
     model.graph.output.extend(outputs + [out])
