@@ -211,8 +211,12 @@ def resolve(real: Any, annotation: str) -> Any:
 
 
 def _real_class_of(value: Any) -> type | None:
-    return getattr(type(value), "_real", None) or (type(value) if type(value).__module__.startswith(
-        "tensorrt_bindings") else None)
+    """The real TensorRT class ``value`` is (or stands in for, or subclasses: an ``IOutputAllocator`` of
+    deploykit's), or None."""
+    own = getattr(type(value), "_real", None)
+    if own is not None:
+        return own
+    return next((c for c in type(value).__mro__ if c.__module__.startswith("tensorrt_bindings")), None)
 
 
 def accepts(real: Any, annotation: str, value: Any) -> bool:
@@ -392,6 +396,12 @@ class StandIn:
     Records the TensorRT calls in ``calls``. Builds ``y = x + 1`` engines: x, y float32 [-1, 4]; a
     plan with RoiAlign needs the standard plugins registered (``init_libnvinfer_plugins`` in the
     default namespace) before parsing and before deserialising, as TensorRT does.
+
+    ``data_dependent``: the engine's ``y`` is instead the rows of x + 1 whose first value is ≥ 0.5 —
+    a shape TensorRT learns while it runs: the context reports ``(-1, 4)``, needs an output allocator for
+    ``y`` (``set_output_allocator``) and calls it during ``execute_async_v3`` as TensorRT does
+    (``reallocate_output_async`` with the bytes it needs, at least 1, then ``notify_shape``); an enqueue
+    being captured into a CUDA graph fails.
     """
 
     parse_ok: bool = True
@@ -400,6 +410,8 @@ class StandIn:
     contexts: list = field(default_factory=list)
     capturable: bool = True  # False: execute_async_v3 fails while the stream is capturing
     plain_runs: int = 0  # execute_async_v3 calls that ran (not recorded into a graph)
+    data_dependent: bool = False
+    allocations: list = field(default_factory=list)  # data_dependent: (size, returned address) per request
 
     def __post_init__(self) -> None:
         real = bindings()
@@ -526,7 +538,7 @@ class StandIn:
         @derived(real, "IExecutionContext")
         class Context:
             def __init__(self):
-                self._shape, self._addr, self._threads = None, {}, set()
+                self._shape, self._addr, self._threads, self._allocators = None, {}, set(), {}
                 fake.contexts.append(self)
 
             def set_input_shape(self, name, shape):
@@ -534,7 +546,12 @@ class StandIn:
                 return shape[0] <= 4
 
             def get_tensor_shape(self, name):
-                return self._shape
+                return (-1, 4) if fake.data_dependent and name == "y" else self._shape
+
+            def set_output_allocator(self, name, output_allocator):
+                rec.append(("set_output_allocator", name))
+                self._allocators[name] = output_allocator
+                return True
 
             def set_tensor_address(self, name, memory):
                 self._addr[name] = memory
@@ -544,6 +561,9 @@ class StandIn:
                 import threading
 
                 self._threads.add(threading.get_ident())
+                cudart = sys.modules["cuda.bindings.runtime"]
+                if fake.data_dependent:
+                    return self._run_data_dependent(stream_handle, stream_handle in getattr(cudart, "capturing", {}))
                 n, ax, ay = int(np.prod(self._shape)), self._addr["x"], self._addr["y"]  # fixed now, as in a graph
 
                 def work():
@@ -551,7 +571,6 @@ class StandIn:
                     y = np.frombuffer((ctypes.c_float * n).from_address(ay), np.float32)
                     y[...] = x + 1
 
-                cudart = sys.modules["cuda.bindings.runtime"]
                 if stream_handle in getattr(cudart, "capturing", {}):
                     if not fake.capturable:
                         return False
@@ -559,6 +578,22 @@ class StandIn:
                     return True
                 fake.plain_runs += 1
                 work()
+                return True
+
+            def _run_data_dependent(self, stream_handle, capturing):
+                allocator = self._allocators.get("y")
+                if capturing or allocator is None or "y" in self._addr:
+                    return False  # TensorRT: no allocator for a data-dependent output / allocation in a capture
+                n = int(np.prod(self._shape))
+                x = np.frombuffer((ctypes.c_float * n).from_address(self._addr["x"]), np.float32).reshape(-1, 4)
+                y = np.ascontiguousarray(x[x[:, 0] >= 0.5] + 1)
+                address = allocator.reallocate_output_async("y", 0, max(y.nbytes, 1), 256, stream_handle)
+                fake.allocations.append((max(y.nbytes, 1), address))
+                if not address:
+                    return False
+                ctypes.memmove(address, y.ctypes.data, y.nbytes)
+                allocator.notify_shape("y", real.Dims(y.shape))
+                fake.plain_runs += 1
                 return True
 
         @derived(real, "ICudaEngine")

@@ -28,7 +28,7 @@ const std::vector<std::string> kPostprocessingKeys = {"raw", "score_threshold", 
                                                       "box_format", "box_coordinates", "padding", "rpn", "anchors",
                                                       "masks"};
 const std::vector<std::string> kMaskKeys = {"form", "mask_size", "threshold", "paste", "dtype", "bytes_per_image_pixel",
-                                            "bytes_at_max_image"};
+                                            "bytes_at_max_image", "rows"};
 
 // BGR -> RGB for one row while packing (non-aliasing pointers let the compiler keep it tight).
 void rgb_from_bgr(uint8_t* __restrict dst, const uint8_t* __restrict src, size_t pixels) {

@@ -1,6 +1,9 @@
 // Native TensorRT 11 backend: IRuntime -> ICudaEngine -> a pool of workers, each one
 // IExecutionContext + CUDA stream + device and pinned host buffers (allocated once per shape and
-// reused), enqueueV3 on the stream, optionally replayed as a captured CUDA graph.
+// reused), enqueueV3 on the stream, optionally replayed as a captured CUDA graph. Outputs with a
+// data-dependent dimension (-1 once the input shapes are set: Mask R-CNN's pasted masks, one per
+// detection) get an IOutputAllocator: TensorRT asks it for the bytes it needs during enqueueV3 and
+// reports the shape; such engines are not captured into CUDA graphs (their enqueue allocates).
 //
 // Written against the TensorRT 11 C++ API. Built into the library when TensorRT and CUDA are found
 // (DEPLOYKIT_TENSORRT). Where they are not (the project's CI: no TensorRT, no GPU), CMake compiles
@@ -11,8 +14,12 @@
 #include <NvInferPlugin.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
+#include <utility>
 
 #include "error.hpp"
 #include "session.hpp"
@@ -84,6 +91,51 @@ struct Buffer {  // one device buffer and one pinned host buffer of the same siz
     }
 };
 
+// Device and pinned host memory for the outputs TensorRT sizes while it runs, and the shapes it reports.
+// Buffers are kept per output and grown; a failed allocation returns nullptr (TensorRT then fails the
+// enqueue) and is kept for the error message. Nothing here throws into TensorRT.
+class OutputAllocator : public nvinfer1::IOutputAllocator {
+public:
+    ~OutputAllocator() override {
+        for (auto& entry : buffers_) entry.second.release();
+    }
+    void* reallocateOutputAsync(char const* tensorName, void* /*currentMemory*/, uint64_t size, uint64_t /*alignment*/,
+                                cudaStream_t /*stream*/) override {  // cudaMalloc: 256-byte aligned
+        try {
+            Buffer& b = buffers_[tensorName];
+            if (size > b.bytes || !b.device) b.reserve(std::max<size_t>(static_cast<size_t>(size), 2 * b.bytes));
+            return b.device;
+        } catch (const std::exception& e) {
+            error_ = "allocating " + std::to_string(size) + " bytes for output '" + std::string(tensorName) +
+                     "': " + e.what();
+            return nullptr;
+        }
+    }
+    void notifyShape(char const* tensorName, nvinfer1::Dims const& dims) noexcept override {
+        try {
+            shapes_[tensorName] = std::vector<int64_t>(dims.d, dims.d + dims.nbDims);
+        } catch (...) {
+            error_ = "out of memory recording an output shape";
+        }
+    }
+    // The shape TensorRT reported for `name` in the last enqueue and its buffer; throws if none was reported.
+    std::pair<std::vector<int64_t>, Buffer*> take(const std::string& name) {
+        auto shape = shapes_.find(name);
+        auto buffer = buffers_.find(name);
+        if (shape == shapes_.end() || buffer == buffers_.end())
+            runtime_error("TensorRT did not report the shape of output '" + name + "'");
+        std::pair<std::vector<int64_t>, Buffer*> result{shape->second, &buffer->second};
+        shapes_.erase(shape);
+        return result;
+    }
+    std::string take_error() { return std::exchange(error_, std::string()); }
+
+private:
+    std::map<std::string, Buffer> buffers_;
+    std::map<std::string, std::vector<int64_t>> shapes_;
+    std::string error_;
+};
+
 // One execution context with its stream and buffers: used by one thread at a time.
 class Worker {
 public:
@@ -113,9 +165,13 @@ public:
                        "cudaMemcpyAsync");
         }
         execute();
+        std::vector<std::vector<int64_t>> run_shapes = out_shapes_;
+        std::vector<Buffer*> run_buffers;
         for (size_t o = 0; o < outputs_.size(); ++o) {
-            Buffer& b = buffers_[inputs_.size() + o];
-            cuda_check(cudaMemcpyAsync(b.host, b.device, trt::buffer_nbytes(out_shapes_[o], outputs_[o].dtype),
+            Buffer* b = &buffers_[inputs_.size() + o];
+            if (data_dependent_[o]) std::tie(run_shapes[o], b) = allocator_.take(outputs_[o].name);
+            run_buffers.push_back(b);
+            cuda_check(cudaMemcpyAsync(b->host, b->device, trt::buffer_nbytes(run_shapes[o], outputs_[o].dtype),
                                        cudaMemcpyDeviceToHost, stream_),
                        "cudaMemcpyAsync");
         }
@@ -124,12 +180,12 @@ public:
         auto storage = std::make_shared<std::vector<std::vector<unsigned char>>>();
         Outputs out;
         for (size_t o = 0; o < outputs_.size(); ++o) {
-            size_t bytes = trt::buffer_nbytes(out_shapes_[o], outputs_[o].dtype);
-            const auto* host = static_cast<const unsigned char*>(buffers_[inputs_.size() + o].host);
+            size_t bytes = trt::buffer_nbytes(run_shapes[o], outputs_[o].dtype);
+            const auto* host = static_cast<const unsigned char*>(run_buffers[o]->host);
             storage->emplace_back(host, host + bytes);
         }
         for (size_t o = 0; o < outputs_.size(); ++o)
-            out.tensors.push_back({outputs_[o].name, outputs_[o].dtype, out_shapes_[o], (*storage)[o].data()});
+            out.tensors.push_back({outputs_[o].name, outputs_[o].dtype, run_shapes[o], (*storage)[o].data()});
         out.storage = storage;
         return out;
     }
@@ -145,16 +201,21 @@ private:
             context_->setTensorAddress(inputs_[i].name.c_str(), buffers_[i].device);
         }
         out_shapes_.clear();
+        data_dependent_.assign(outputs_.size(), false);
         for (size_t o = 0; o < outputs_.size(); ++o) {
             std::vector<int64_t> shape = to_vector(context_->getTensorShape(outputs_[o].name.c_str()));
-            for (int64_t d : shape)
-                if (d < 0)
-                    unsupported("engine output '" + outputs_[o].name + "'", "a shape known from the input shapes",
-                                "a data-dependent shape " + shape_text(shape));
+            out_shapes_.push_back(shape);
+            if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) {
+                // known only while TensorRT runs: the allocator gives the memory and learns the shape
+                if (!context_->setOutputAllocator(outputs_[o].name.c_str(), &allocator_))
+                    runtime_error("TensorRT setOutputAllocator failed for output '" + outputs_[o].name + "'");
+                data_dependent_[o] = true;
+                cuda_graph_ = false;  // an enqueue that allocates is not captured
+                continue;
+            }
             Buffer& b = buffers_[inputs_.size() + o];
             b.reserve(trt::buffer_nbytes(shape, outputs_[o].dtype));
             context_->setTensorAddress(outputs_[o].name.c_str(), b.device);
-            out_shapes_.push_back(shape);
         }
         bound_ = shapes;
     }
@@ -164,7 +225,10 @@ private:
             cuda_check(cudaGraphLaunch(graph_exec_, stream_), "cudaGraphLaunch");
             return;
         }
-        if (!context_->enqueueV3(stream_)) runtime_error("TensorRT enqueueV3 failed (see the TensorRT log)");
+        if (!context_->enqueueV3(stream_)) {
+            const std::string why = allocator_.take_error();
+            runtime_error("TensorRT enqueueV3 failed" + (why.empty() ? std::string(" (see the TensorRT log)") : ": " + why));
+        }
         // Enqueued once for these shapes (TensorRT did its deferred setup): now capture one enqueue.
         if (cuda_graph_) capture();
     }
@@ -193,10 +257,12 @@ private:
 
     std::vector<TensorSpec> inputs_, outputs_;
     bool cuda_graph_;
+    OutputAllocator allocator_;  // before context_: the context (destroyed first) holds a pointer to it
     std::unique_ptr<nvinfer1::IExecutionContext> context_;
     cudaStream_t stream_ = nullptr;
     std::vector<Buffer> buffers_;  // inputs, then outputs
     std::vector<std::vector<int64_t>> bound_, out_shapes_;
+    std::vector<bool> data_dependent_;  // per output: served by allocator_
     cudaGraph_t graph_ = nullptr;
     cudaGraphExec_t graph_exec_ = nullptr;
 };

@@ -67,17 +67,23 @@ def models_cmd() -> None:
               help="Builder overrides, e.g. --set num_classes=21 or --set label_nc=40 (repeatable).")
 @click.option("--masks", "mask_form", type=click.Choice(["pasted", "compact", "both"]), default="pasted",
               show_default=True,
-              help="Mask R-CNN: pasted = `masks` [B,K,h,w], image-size masks in the image's pixels made in the graph "
-                   "(memory K*h*w per image); compact = `mask_probs` [B,K,28,28] + `mask_boxes` int32 [B,K,4], "
+              help="Mask R-CNN: pasted = `masks` [B,N,h,w], image-size masks in the image's pixels made in the graph "
+                   "(memory N*h*w per image, see --mask-rows); compact = `mask_probs` [B,K,28,28] + `mask_boxes` int32 [B,K,4], "
                    "pasted by the runtime with the shared rule; both = all three.")
 @click.option("--mask-threshold", default="0.5", show_default=True, metavar="T|none",
               help="Mask R-CNN, pasted masks: uint8 1 where the probability > T; `none`: float32 probabilities "
                    "(4x the memory).")
+@click.option("--mask-rows", type=click.Choice(["detections", "all"]), default="detections", show_default=True,
+              help="Mask R-CNN, pasted masks: detections = one mask per detection (N = the most detections an "
+                   "image of the batch has: a data-dependent dimension `num_masks`, which ONNX Runtime serves as is "
+                   "and TensorRT through an output allocator; deploykit's runtimes install one); all = all K rows, "
+                   "empty ones included (a static shape, for runtimes without an output allocator; K*h*w per image, "
+                   "slower).")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range, opt_image_size, batch, dynamic_batch,
                max_detections, score_threshold, nms_iou, raw, emulate_padding, image_output, overrides, mask_form,
-               mask_threshold, opset, quiet):
+               mask_threshold, mask_rows, opset, quiet):
     """Export MODEL (a name from `deploykit models`) to ONNX, checked against the graph rules.
 
     \b
@@ -86,8 +92,8 @@ def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range,
     `scores` [B,K], `labels` int32 [B,K]; padding rows have box 0, score 0, label -1.
     --input tensor: inputs `images` float32 [B,3,H,W] (normalised, zero-padded) and
     `image_sizes` float32 [B,2]; boxes in network-input pixels. NMS is ONNX NonMaxSuppression.
-    Mask R-CNN (maskrcnn_*): also `masks` uint8 [B,K,h,w], each detection's mask in the image's
-    pixels (--masks compact: `mask_probs` [B,K,28,28] + `mask_boxes` int32 [B,K,4] instead).
+    Mask R-CNN (maskrcnn_*): also `masks` uint8 [B,N,h,w], each detection's mask in the image's
+    pixels, N <= K the most detections an image of the batch has (--masks compact: `mask_probs` [B,K,28,28] + `mask_boxes` int32 [B,K,4] instead).
     SPADE graph: integer `label_map` [B,H,W] (+ `instance_map`), one-hot and edges in the graph.
     \b
     Examples:
@@ -122,11 +128,12 @@ def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range,
             max_detections=max_detections, score_threshold=score_threshold, nms_iou=nms_iou, opset=opset, raw=raw,
             emulate_padding=emulate_padding, model_info=model_info(model, ckpt, build_kwargs),
             class_names=detector_class_names(model, net), progress=progress, masks=mask_form,
-            mask_threshold=parse_threshold(mask_threshold))
+            mask_threshold=parse_threshold(mask_threshold), mask_rows=mask_rows)
     masks = (manifest.get("postprocessing") or {}).get("masks")
     if masks and masks.get("bytes_per_image_pixel"):
         mb = masks["bytes_per_image_pixel"] * 1920 * 1080 / 2**20
-        click.echo(f"  masks: {masks['form']}, {masks['bytes_per_image_pixel']} bytes per image pixel "
+        bound = "at most " if masks.get("rows") == "detections" else ""
+        click.echo(f"  masks: {masks['form']}, {bound}{masks['bytes_per_image_pixel']} bytes per image pixel "
                    f"({mb:.0f} MiB for a 1920x1080 image, {masks['bytes_at_max_image'] / 2**20:.0f} MiB at the "
                    "largest accepted size)")
     ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in manifest["inputs"])

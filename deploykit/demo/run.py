@@ -173,8 +173,8 @@ def _mask_demo(out: Path, images: list, *, eval_images: int, calib_samples: int,
     manifest = export_detector(net, path, input="image", model_info=model_info(name, ckpt, {}),
                                class_names=detector_class_names(name, net))
     per_pixel = manifest["postprocessing"]["masks"]["bytes_per_image_pixel"]
-    echo(f"      wrote {path} (masks uint8 [B, {per_pixel}, h, w] in the image's pixels: {per_pixel} bytes per image "
-         f"pixel) in {time.perf_counter() - t0:.1f} s")
+    echo(f"      wrote {path} (masks uint8 [B, N, h, w] in the image's pixels, one per detection: at most {per_pixel} "
+         f"bytes per image pixel) in {time.perf_counter() - t0:.1f} s")
     report = detector_parity(path, net, images, threads=threads)
     s = report.summary()
     echo(f"      vs the model as built: matched {s['matched']} detections (score >= 0.3), unmatched ref/artifact "

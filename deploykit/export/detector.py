@@ -15,7 +15,8 @@ from ..fileio import sha256_file
 from ..manifest import write_artifact
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
 from .detection.image_list import front_end_list
-from .detection.mask_paste import attach_paste
+from .detection.mask_paste import MASK_ROWS, attach_paste
+from .detection.mask_paste import OUTPUT_NAME as PASTED_MASKS
 from .detection.mask_rcnn import DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES, ExportableMaskRCNN
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .detection.rows import INDEX_OUTPUT
@@ -42,7 +43,7 @@ DEFAULT_IMAGE_RANGE = ((32, 32), (4096, 4096))  # pixels-in graphs: smallest and
 DEFAULT_OPT_IMAGE = (720, 1280)  # the TensorRT profile's opt shape unless given (an HD frame)
 INPUTS = ("tensor", "image", "image-list")
 MASK_FORMS = ("pasted", "compact", "both")  # Mask R-CNN: image-size masks, M×M masks + paste boxes, or both
-MAX_PASTED_ELEMENTS = 2**31 - 1  # TensorRT's largest tensor volume; B × K × h × w of the pasted masks
+MAX_PASTED_ELEMENTS = 2**31 - 1  # TensorRT's largest tensor volume; B × K × h × w bounds the pasted masks
 
 
 def _check_options(input: str, input_size, batch: int, dynamic_batch, score_threshold, nms_iou,
@@ -109,6 +110,7 @@ def export_detector(
     progress: Callable[[str], None] | None = None,
     masks: str = "pasted",
     mask_threshold: float | None = 0.5,
+    mask_rows: str = "detections",
     debug_outputs: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (any torchvision ``FasterRCNN``) to ``out_path``; write its manifest; return it.
@@ -129,10 +131,12 @@ def export_detector(
     ``input="tensor"``: the graph takes the preprocessed ``images`` and ``image_sizes``.
 
     A torchvision ``MaskRCNN`` (pixels-in only) adds its masks in the original image's pixels
-    (docs/detector.md, "Masks"): ``masks="pasted"`` gives ``masks`` [B, K, h, w] — uint8 0/1 where
+    (docs/masks.md): ``masks="pasted"`` gives ``masks`` [B, N, h, w] — uint8 0/1 where
     the probability exceeds ``mask_threshold``, or float32 probabilities with ``mask_threshold=None``;
     ``"compact"`` gives ``mask_probs`` [B, K, M, M] and ``mask_boxes`` int32 [B, K, 4] for the
-    runtime's paste (:mod:`deploykit.runtime.masks`); ``"both"`` gives all three.
+    runtime's paste (:mod:`deploykit.runtime.masks`); ``"both"`` gives all three. The pasted masks
+    hold one row per detection of the batch's image with the most (``mask_rows="detections"``: a
+    data-dependent dimension ``num_masks`` ≤ K) or all K rows (``"all"``: a static shape).
     ``debug_outputs`` (pixels-in graphs) adds the front end's ``images`` and ``image_sizes`` (and, for
     Mask R-CNN, ``boxes_network`` and ``mask_logits``) for raw parity on the graph's own network input.
     """
@@ -146,7 +150,7 @@ def export_detector(
                                     "resized from its own size, as torchvision batches a list", "--input-size"))
     with_masks = isinstance(model, MaskRCNN)
     if with_masks:
-        _check_mask_options(input, raw, masks, mask_threshold)
+        _check_mask_options(input, raw, masks, mask_threshold, mask_rows)
     if debug_outputs and not pixels:
         raise BadInput(expected_got("debug_outputs", "a pixels-in graph (--input image or image-list)", repr(input)))
     if raw and pixels and not dynamic:
@@ -208,14 +212,17 @@ def export_detector(
         if with_masks and masks != "compact":
             say("adding the mask paste (image-size masks, two matrix products per detection)")
             onnx_model = attach_paste(onnx_model, mask_size=wrapper.mask_size, threshold=mask_threshold,
-                                      keep_compact=masks == "both")
+                                      keep_compact=masks == "both", rows=mask_rows)
         elif with_masks:  # the row list only feeds the paste
             kept = [o for o in onnx_model.graph.output if o.name != INDEX_OUTPUT]
             del onnx_model.graph.output[:]
             onnx_model.graph.output.extend(kept)
         if debug_outputs:  # the network's input as the front end made it, for raw parity on that very input
             onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
-        check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs))
+        data_dependent = ({PASTED_MASKS: {1}} if with_masks and masks != "compact" and mask_rows == "detections"
+                          else {})
+        check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs),
+                    data_dependent=data_dependent)
     dyn = dynamic_batch is not None
     info = dict(model_info or {"name": type(model).__name__, "checkpoint": None, "checkpoint_sha256": None,
                                "overrides": {}})
@@ -266,7 +273,7 @@ def export_detector(
             "rpn": {"pre_nms_top_n": wrapper.rpn_pre_nms, "post_nms_top_n": wrapper.rpn_post_nms,
                     "nms_iou": wrapper.rpn_nms_thresh, "score_threshold": wrapper.rpn_score_thresh},
             "anchors": "from the feature-map shapes" if dynamic else int(wrapper.anchors.shape[0]),
-            **({"masks": _mask_section(wrapper, masks, mask_threshold, image_range)} if with_masks else {}),
+            **({"masks": _mask_section(wrapper, masks, mask_threshold, image_range, mask_rows)} if with_masks else {}),
         },
         "class_names": class_names or ["__background__"] + [f"class_{i}" for i in range(1, wrapper.num_classes)],
         "precision": {"mode": "fp32"},
@@ -276,7 +283,7 @@ def export_detector(
     return json.loads(write_artifact(out_path, lambda staged: save_model(onnx_model, staged), manifest).read_text())
 
 
-def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | None) -> None:
+def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | None, rows: str) -> None:
     if input == "tensor":
         raise BadInput(expected_got("--input for a Mask R-CNN", "'image' or 'image-list' (masks are made in the "
                                     "original image's pixels, which a tensor-input graph does not know)", repr(input)))
@@ -285,6 +292,8 @@ def _check_mask_options(input: str, raw: bool, masks: str, threshold: float | No
                                     "debug_outputs)", "a Mask R-CNN"))
     if masks not in MASK_FORMS:
         raise BadInput(expected_got("--masks", " or ".join(map(repr, MASK_FORMS)), repr(masks)))
+    if rows not in MASK_ROWS:
+        raise BadInput(expected_got("--mask-rows", " or ".join(map(repr, MASK_ROWS)), repr(rows)))
     if threshold is not None and not 0.0 <= threshold < 1.0:
         raise BadInput(expected_got("--mask-threshold", "a value in [0, 1) or 'none' (probabilities)", threshold))
 
@@ -302,15 +311,17 @@ def _check_pasted_volume(masks: str, k: int, batch: int, image_range: dict[str, 
             "or export --masks compact"))
 
 
-def _mask_section(wrapper, masks: str, threshold: float | None, image_range: dict[str, list[int]]) -> dict:
-    """The manifest's ``postprocessing.masks``: form, sizes, threshold and the pasted form's memory."""
+def _mask_section(wrapper, masks: str, threshold: float | None, image_range: dict[str, list[int]],
+                  rows: str) -> dict:
+    """The manifest's ``postprocessing.masks``: form, sizes, threshold and the pasted form's memory (with
+    ``rows="detections"`` an upper bound: K rows; a photo with n detections uses n)."""
     k = wrapper.max_detections
     itemsize = 4 if threshold is None else 1
     section = {"form": masks, "mask_size": wrapper.mask_size, "threshold": threshold,
                "paste": "torchvision paste_masks_in_image (docs/detector.md, Masks; deploykit.runtime.masks)"}
     if masks != "compact":
         h, w = image_range["max"]
-        section.update({"dtype": "float32" if threshold is None else "uint8",
+        section.update({"rows": rows, "dtype": "float32" if threshold is None else "uint8",
                         "bytes_per_image_pixel": k * itemsize,
                         "bytes_at_max_image": k * itemsize * h * w})
     return section

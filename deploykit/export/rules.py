@@ -9,6 +9,8 @@ TensorRT cannot parse fails its export or quantization on the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx
 from onnx import shape_inference
 
@@ -40,7 +42,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
 
 def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
                      allowed_domains: tuple[str, ...] = (), tensorrt: bool = True,
-                     static_outputs: bool = True) -> list[str]:
+                     static_outputs: bool = True, data_dependent: Mapping[str, set[int]] | None = None) -> list[str]:
     """Return a list of human-readable rule violations (empty when the graph is fine).
 
     ``tensorrt``: include the TensorRT-readiness rules (on by default; custom-domain
@@ -48,7 +50,9 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
     ``static_outputs=False``: outputs may have dynamic axes (raw tensors of a dynamic graph).
     Otherwise an output dimension is static, the batch (``dynamic_batch``), or one of the graph
     inputs' own symbolic dimensions (e.g. the image's ``height``/``width`` for image-size masks):
-    derived from the input shapes, never from data.
+    derived from the input shapes, never from data — but the output dimensions ``data_dependent``
+    declares (``{"masks": {1}}``: pasted masks with one row per detection; TensorRT serves them through an
+    output allocator).
     """
     problems: list[str] = []
     try:
@@ -86,22 +90,25 @@ def graph_violations(model: onnx.ModelProto, *, dynamic_batch: bool = False,
         for i, d in enumerate(dims):
             if isinstance(d, int):
                 continue
-            if (i == 0 and dynamic_batch) or not static_outputs or (i > 0 and d in input_dims):
+            if (i == 0 and dynamic_batch) or not static_outputs or (i > 0 and d in input_dims) or \
+                    i in (data_dependent or {}).get(o.name, ()):
                 continue
             problems.append(f"graph output {o.name!r}: dimension {i} is {d!r}, expected a static size")
     if tensorrt and not allowed_domains:
-        problems.extend(v.line() for v in trt_violations(inferred, inferred=True))
+        problems.extend(v.line() for v in trt_violations(inferred, inferred=True, data_dependent=data_dependent))
     # de-duplicate while keeping order; names from the file may hold control characters: one line each
     seen: set[str] = set()
     return [p for p in map(printable, problems) if not (p in seen or seen.add(p))]
 
 
 def check_graph(model: onnx.ModelProto, *, dynamic_batch: bool = False,
-                allowed_domains: tuple[str, ...] = (), static_outputs: bool = True) -> None:
+                allowed_domains: tuple[str, ...] = (), static_outputs: bool = True,
+                data_dependent: Mapping[str, set[int]] | None = None) -> None:
     """Raise :class:`CheckFailed` naming every rule the graph breaks (``static_outputs=False``:
-    outputs may have dynamic axes, e.g. raw detector tensors of a dynamic-size graph)."""
+    outputs may have dynamic axes, e.g. raw detector tensors of a dynamic-size graph; ``data_dependent``:
+    output dimensions declared data-dependent)."""
     problems = graph_violations(model, dynamic_batch=dynamic_batch, allowed_domains=allowed_domains,
-                                static_outputs=static_outputs)
+                                static_outputs=static_outputs, data_dependent=data_dependent)
     if problems:
         shown = "; ".join(problems[:8])
         more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""

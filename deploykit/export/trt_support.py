@@ -25,7 +25,12 @@ Besides the per-op table, three graph-wide rules (TensorRT's own restrictions):
   a graph input is reported with the node that makes it data-dependent.
 * **outputs**: every graph-output dimension is a fixed size or a symbol that
   names a graph-input dimension (batch, height, width): no data-dependent
-  shape (NonZero, NonMaxSuppression's selected count) reaches an output.
+  shape (NonZero, NonMaxSuppression's selected count) reaches an output —
+  unless the graph's manifest declares that dimension data-dependent
+  (:func:`declared_data_dependent`: the pasted masks of a Mask R-CNN, one row
+  per detection), which TensorRT serves through an ``IOutputAllocator``
+  (``IExecutionContext::setOutputAllocator``; both deploykit TensorRT runtimes
+  install one for such outputs).
 
 No torch and no TensorRT here; pure ``onnx``.
 """
@@ -255,6 +260,7 @@ class Readiness:
     ops: Counter
     plugins: list[str]
     nodes: int
+    data_dependent: list[str] = dataclasses.field(default_factory=list)  # "masks[1]": declared, allowed
 
     @property
     def ok(self) -> bool:
@@ -263,7 +269,7 @@ class Readiness:
     def to_json(self) -> dict[str, Any]:
         return {"ready": self.ok, "table": {"version": TABLE_VERSION, **SOURCE}, "nodes": self.nodes,
                 "ops": dict(sorted(self.ops.items())), "plugins": self.plugins,
-                "needs_standard_plugins": bool(self.plugins),
+                "needs_standard_plugins": bool(self.plugins), "data_dependent_outputs": self.data_dependent,
                 "violations": [dataclasses.asdict(v) for v in self.violations]}
 
 
@@ -634,9 +640,21 @@ def _data_dependent_source(gr: _Graph, name: str) -> str | None:
     return None
 
 
-def _output_violations(gr: _Graph) -> list[Violation]:
-    """Graph outputs: fixed dimensions or symbols of graph-input dimensions (no data-dependent shapes)."""
+def declared_data_dependent(manifest: Mapping[str, Any] | None) -> dict[str, set[int]]:
+    """Output dimensions a manifest declares data-dependent: ``{"masks": {1}}`` for pasted Mask R-CNN masks
+    with one row per detection (``postprocessing.masks.rows == "detections"``), else none."""
+    post = (manifest or {}).get("postprocessing") if isinstance(manifest, Mapping) else None
+    masks = post.get("masks") if isinstance(post, Mapping) else None
+    if isinstance(masks, Mapping) and masks.get("form") in ("pasted", "both") and masks.get("rows") == "detections":
+        return {"masks": {1}}
+    return {}
+
+
+def _output_violations(gr: _Graph, declared: Mapping[str, set[int]] | None = None) -> list[Violation]:
+    """Graph outputs: fixed dimensions or symbols of graph-input dimensions (no data-dependent shapes but the
+    ``declared`` ones)."""
     symbols = {d for i in gr.g.input if i.name in gr.inputs for d in (gr.dims(i.name) or []) if isinstance(d, str)}
+    declared = declared or {}
     out = []
     for o in gr.g.output:
         dims = gr.dims(o.name)
@@ -645,7 +663,7 @@ def _output_violations(gr: _Graph) -> list[Violation]:
                                  "an inferred shape", "none"))
             continue
         for axis, d in enumerate(dims):
-            if isinstance(d, int) or d in symbols:
+            if isinstance(d, int) or d in symbols or axis in declared.get(o.name, ()):
                 continue
             source = _data_dependent_source(gr, o.name)
             if source is None and isinstance(d, str) and d != "?":
@@ -685,10 +703,11 @@ def required_plugins(model: onnx.ModelProto) -> list[str]:
 
 
 def check_readiness(model: onnx.ModelProto, manifest: Mapping[str, Any] | None = None, *,
-                    inferred: bool = False) -> Readiness:
+                    inferred: bool = False, data_dependent: Mapping[str, set[int]] | None = None) -> Readiness:
     """Every rule of this module on ``model`` (and its ``manifest``, when given).
 
-    ``inferred``: the model already carries inferred shapes (skip shape inference).
+    ``inferred``: the model already carries inferred shapes (skip shape inference). Output dimensions
+    allowed to be data-dependent: ``data_dependent``, else what the manifest declares.
     """
     m = model if inferred else _inferred(model)
     gr = _Graph(m)
@@ -697,15 +716,19 @@ def check_readiness(model: onnx.ModelProto, manifest: Mapping[str, Any] | None =
         violations.extend(_node_violations(gr, node))
     violations.extend(_type_violations(gr))
     violations.extend(_shape_violations(gr))
-    violations.extend(_output_violations(gr))
+    declared = dict(data_dependent) if data_dependent is not None else declared_data_dependent(manifest)
+    violations.extend(_output_violations(gr, declared))
     seen: set[tuple] = set()  # one violation per (node, rule, what): the first, most specific, wins
     unique = [x for x in violations if not ((x.node, x.rule, x.what) in seen or seen.add((x.node, x.rule, x.what)))]
-    return Readiness(unique, Counter(n.op_type for n in m.graph.node), required_plugins(m), len(m.graph.node))
+    outputs = {o.name for o in m.graph.output}
+    dds = [f"{name}[{axis}]" for name, axes in sorted(declared.items()) if name in outputs for axis in sorted(axes)]
+    return Readiness(unique, Counter(n.op_type for n in m.graph.node), required_plugins(m), len(m.graph.node), dds)
 
 
-def trt_violations(model: onnx.ModelProto, *, inferred: bool = False) -> list[Violation]:
+def trt_violations(model: onnx.ModelProto, *, inferred: bool = False,
+                   data_dependent: Mapping[str, set[int]] | None = None) -> list[Violation]:
     """The TensorRT-readiness violations of ``model`` (graph only; see :func:`check_readiness`)."""
-    return check_readiness(model, inferred=inferred).violations
+    return check_readiness(model, inferred=inferred, data_dependent=data_dependent or {}).violations
 
 
 def check_trt(model: onnx.ModelProto, what: str = "graph") -> Readiness:
@@ -727,7 +750,9 @@ def report_text(readiness: Readiness, path: str = "model") -> list[str]:
     ops = len(readiness.ops)
     plugins = ", ".join(readiness.plugins) or "none"
     verdict = "ready for TensorRT" if readiness.ok else f"NOT ready for TensorRT: {len(readiness.violations)} violation(s)"
-    lines.append(f"{path}: {verdict} ({readiness.nodes} nodes, {ops} op types, standard plugins: {plugins}; "
+    dds = (f"; data-dependent output dims (an output allocator serves them): {', '.join(readiness.data_dependent)}"
+           if readiness.data_dependent else "")
+    lines.append(f"{path}: {verdict} ({readiness.nodes} nodes, {ops} op types, standard plugins: {plugins}{dds}; "
                  f"checked against the {TABLE_VERSION} table)")
     return lines
 

@@ -536,8 +536,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, precision: str, *
 def _finish(model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
     """Check the converted graph and keep I/O names and types as the manifest says."""
     from ..export.rules import graph_violations
+    from ..export.trt_support import declared_data_dependent
 
-    problems = [p for p in graph_violations(model, dynamic_batch=bool((manifest.get("batch") or {}).get("dynamic")))
+    problems = [p for p in graph_violations(model, dynamic_batch=bool((manifest.get("batch") or {}).get("dynamic")),
+                                            data_dependent=declared_data_dependent(manifest))
                 if "opset" not in p]
     if problems:
         raise CheckFailed("converted graph breaks the graph rules: " + "; ".join(problems[:5]))

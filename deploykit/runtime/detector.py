@@ -21,7 +21,7 @@ Both return ``num_detections`` int32 ``[B]``, ``boxes`` float32 ``[B, K, 4]``
 sorted by score, padded with box 0, score 0, label -1.
 
 A Mask R-CNN graph (pixels-in) adds its masks (manifest ``postprocessing.masks``): pasted
-``masks`` [B, K, h, w] the runtime only slices, or compact ``mask_probs`` + ``mask_boxes`` it
+``masks`` [B, N, h, w] (N ≤ K: one per detection of the batch's fullest image) the runtime only slices, or compact ``mask_probs`` + ``mask_boxes`` it
 pastes with the shared rule of :mod:`deploykit.runtime.masks`.
 """
 

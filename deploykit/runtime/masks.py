@@ -2,9 +2,10 @@
 
 A Mask R-CNN graph gives its masks in one of two forms (manifest ``postprocessing.masks``):
 
-* **pasted** (default): ``masks`` [B, K, h, w], image-size masks in the original image's pixels,
+* **pasted** (default): ``masks`` [B, N, h, w], image-size masks in the original image's pixels,
   made inside the graph — uint8 0/1 (probability > ``mask_threshold``) or, exported with no
-  threshold, float32 probabilities. The runtime only slices them.
+  threshold, float32 probabilities; N is the most detections an image of the batch has (or K,
+  exported with ``mask_rows="all"``). The runtime only slices each image's first n.
 * **compact**: ``mask_probs`` float32 [B, K, M, M] (the mask head's probabilities for the
   detection's class) and ``mask_boxes`` int32 [B, K, 4], the integer box each mask is pasted
   into. The runtime pastes them with :func:`paste_masks`.

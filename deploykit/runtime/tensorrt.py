@@ -6,6 +6,14 @@ buffers allocated once per input shape and reused, pinned host buffers,
 stream, optionally replayed as a CUDA graph (``cuda_graph=True``). CUDA goes
 through cuda-python (``cuda.bindings.runtime``): no torch.
 
+Outputs whose shape TensorRT learns only while it runs (a data-dependent
+dimension, -1 after the input shapes are set: the pasted masks of a Mask R-CNN
+with one row per detection) get an ``IOutputAllocator``
+(``set_output_allocator``): TensorRT asks it for memory of the size it needs
+(``reallocate_output_async``, buffers kept and grown) and tells it the shape
+(``notify_shape``); the host copy follows that shape. Such engines run without
+CUDA graphs (their enqueue allocates).
+
 Everything that needs no GPU is a plain function tested on the CPU:
 :func:`buffer_nbytes`, :func:`check_compatible`,
 :func:`numpy_dtype` (with the :data:`TRT_DTYPES` table) and :func:`missing_requirement`.
@@ -158,6 +166,47 @@ class _Buffer:
         cudart.cudaFreeHost(self.host)
 
 
+def _output_allocator(trt: Any, stream: Any) -> Any:
+    """An ``IOutputAllocator`` (TensorRT's own class, subclassed as its docstring prescribes) for the
+    data-dependent outputs of one context on ``stream``: buffers per output, kept and grown; the shapes
+    TensorRT notifies. A failed allocation returns 0 (nullptr: TensorRT fails the enqueue) and is
+    kept in ``error`` for the caller's message."""
+
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            super().__init__()  # pybind11: the base must be initialised (TensorRT's docstring says so)
+            self.buffers: dict[str, _Buffer] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.error: str | None = None
+
+        def reallocate_output_async(self, tensor_name: str, memory: Any, size: int, alignment: int,
+                                    stream_handle: Any) -> int:
+            buf = self.buffers.get(tensor_name)
+            if buf is None or buf.nbytes < size:
+                try:
+                    grown = _Buffer(max(int(size), 2 * buf.nbytes if buf else 0), stream)
+                except Exception as e:  # noqa: BLE001 - reported after the enqueue fails
+                    self.error = f"allocating {size} bytes for output {tensor_name!r}: {e}"
+                    return 0
+                if buf is not None:
+                    buf.free(stream)
+                buf = self.buffers[tensor_name] = grown
+            return buf.device
+
+        def reallocate_output(self, tensor_name: str, memory: Any, size: int, alignment: int) -> int:
+            return self.reallocate_output_async(tensor_name, memory, size, alignment, stream)  # pre-10 spelling
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            self.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+        def free(self) -> None:
+            for buf in self.buffers.values():
+                buf.free(stream)
+            self.buffers.clear()
+
+    return OutputAllocator()
+
+
 class _CudaGraph:
     """One captured ``execute_async_v3`` of an execution context, replayed with ``cudaGraphLaunch``.
 
@@ -216,11 +265,13 @@ class _Worker:
     does its deferred work: allocations, shape-dependent setup) and then captures one
     ``execute_async_v3`` into a CUDA graph; later runs with the same shapes launch the graph.
     New shapes (or reallocated buffers) drop the graph and capture again. When capture fails
-    the worker stops trying and ``on_capture_failure`` is called (the session warns once).
+    the worker stops trying and ``on_capture_failure`` is called (the session warns once); an
+    engine with data-dependent outputs is not captured (its enqueue allocates), with the same warning.
     """
 
     def __init__(self, engine: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], cuda_graph: bool = False,
                  on_capture_failure: Any = None) -> None:
+        import tensorrt as trt
         from cuda.bindings import runtime as cudart
 
         self.context = engine.create_execution_context()
@@ -228,6 +279,8 @@ class _Worker:
             raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
         self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.inputs, self.outputs = inputs, outputs
+        self.allocator = _output_allocator(trt, self.stream)  # serves the data-dependent outputs (module doc)
+        self.data_dependent: set[str] = set()  # outputs handed to the allocator
         self.buffers: dict[str, _Buffer] = {}
         self.shapes: dict[str, tuple[int, ...]] | None = None  # input shapes the buffers are bound for
         self._shapes_cache: dict[str, tuple[int, ...]] = {}  # all I/O shapes for self.shapes
@@ -246,7 +299,15 @@ class _Worker:
             self.graph.launch(self.stream)
             return
         if not self.context.execute_async_v3(int(self.stream)):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            why = f": {self.allocator.error}" if self.allocator.error else " (see the TensorRT log)"
+            self.allocator.error = None
+            raise RuntimeError(f"TensorRT execute_async_v3 failed{why}")
+        if self.cuda_graph and self.data_dependent:
+            self.cuda_graph = False
+            if self._on_capture_failure is not None:
+                self._on_capture_failure(RuntimeError(
+                    f"CUDA graph capture skipped: output(s) {', '.join(sorted(self.data_dependent))} have a "
+                    "data-dependent shape (TensorRT allocates them while it runs)"))
         if self.cuda_graph:  # enqueued once for these shapes: now capture (recorded, not run)
             try:
                 self.graph = _CudaGraph(self.context, self.stream)
@@ -265,7 +326,14 @@ class _Worker:
         shapes = dict(in_shapes)
         for spec in self.outputs:
             shapes[spec.name] = tuple(self.context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shapes[spec.name]) and spec.name not in self.data_dependent:
+                # known only while TensorRT runs: the allocator gives the memory and learns the shape
+                if not self.context.set_output_allocator(spec.name, self.allocator):
+                    raise RuntimeError(f"TensorRT set_output_allocator failed for output {spec.name!r}")
+                self.data_dependent.add(spec.name)
         for spec in self.inputs + self.outputs:
+            if spec.name in self.data_dependent:
+                continue
             need = buffer_nbytes(shapes[spec.name], spec.dtype)
             buf = self.buffers.get(spec.name)
             if buf is None or buf.nbytes < need:
@@ -288,14 +356,21 @@ class _Worker:
             buf.host_array(array.shape, spec.dtype)[...] = array
             _check(cudart.cudaMemcpyAsync(buf.device, buf.host, array.nbytes, h2d, self.stream), "cudaMemcpyAsync")
         self._execute()
-        out = {}
+        out, found = {}, {}
         for spec in self.outputs:
-            buf = self.buffers[spec.name]
-            nbytes = buffer_nbytes(shapes[spec.name], spec.dtype)
+            if spec.name in self.data_dependent:  # the allocator's buffer, in the shape TensorRT notified
+                if spec.name not in self.allocator.shapes:
+                    raise RuntimeError(f"TensorRT did not report the shape of output {spec.name!r}")
+                buf, shape = self.allocator.buffers[spec.name], self.allocator.shapes.pop(spec.name)
+            else:
+                buf, shape = self.buffers[spec.name], shapes[spec.name]
+            found[spec.name] = (buf, shape)
+            nbytes = buffer_nbytes(shape, spec.dtype)
             _check(cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, self.stream), "cudaMemcpyAsync")
         _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         for spec in self.outputs:
-            out[spec.name] = self.buffers[spec.name].host_array(shapes[spec.name], spec.dtype).copy()
+            buf, shape = found[spec.name]
+            out[spec.name] = buf.host_array(shape, spec.dtype).copy()
         return out
 
     def free(self) -> None:
@@ -306,6 +381,7 @@ class _Worker:
         for buf in self.buffers.values():
             buf.free(self.stream)
         self.buffers.clear()
+        self.allocator.free()
         cudart.cudaStreamSynchronize(self.stream)
         cudart.cudaStreamDestroy(self.stream)
         self.context = None

@@ -7,7 +7,9 @@
 * the graph's pasted masks equal the compact masks pasted by the runtime's shared rule;
 * maskrcnn_resnet50_fpn(_v2), random BN-calibrated weights: the mask logits within 1e-4 relative of
   torchvision's mask branch on the same network input and boxes, at three aspect ratios;
-* the graph: no Loop/If, TensorRT-ready, masks' spatial dims the image's own; bad options refused.
+* the graph: no Loop/If, TensorRT-ready, masks' spatial dims the image's own, one mask per detection
+  (a declared data-dependent dimension) or all K rows (``mask_rows="all"``, the same masks);
+  bad options refused.
 """
 
 from __future__ import annotations
@@ -68,21 +70,25 @@ def test_graph_paste_equals_the_runtime_paste_of_the_compact_masks(demo_maskrcnn
     for image in held_out_photos(3):
         out = dict(zip(names, sess.run(None, {"image": image[None]})))
         n = int(out["num_detections"][0])
-        assert n > 0
+        assert n > 0 and out["masks"].shape == (1, n, *image.shape[:2])  # one mask per detection, no padding rows
         runtime = paste_masks(out["mask_probs"][0, :n], out["mask_boxes"][0, :n], image.shape[:2])
-        assert np.abs(runtime - out["masks"][0, :n]).max() <= 1e-5
-        assert not out["masks"][0, n:].any() and not out["mask_boxes"][0, n:].any()  # padding rows are empty
+        assert np.abs(runtime - out["masks"][0]).max() <= 1e-5
+        assert not out["mask_boxes"][0, n:].any()  # the compact form keeps K rows: padding rows are empty
 
 
 def test_default_export_gives_binary_masks_in_the_image_pixels(demo_maskrcnn_onnx, demo_maskrcnn_probs_onnx):
     model = onnx.load(str(demo_maskrcnn_onnx), load_external_data=False)
     assert not any(n.op_type in ("Loop", "If", "Scan") for n in model.graph.node)
-    assert check_readiness(model, read_manifest(demo_maskrcnn_onnx)).ok
     manifest = read_manifest(demo_maskrcnn_onnx)
+    readiness = check_readiness(model, manifest)
+    assert readiness.ok and readiness.data_dependent == ["masks[1]"]
+    undeclared = check_readiness(model).violations  # without the manifest's declaration, the rule still holds
+    assert [v.what for v in undeclared] == ["output 'masks' dimension 1"] and "NonZero" in undeclared[0].got
     masks = {o["name"]: o for o in manifest["outputs"]}["masks"]
-    assert masks["dtype"] == "uint8" and masks["shape"] == ["batch", 100, "height", "width"]
+    assert masks["dtype"] == "uint8" and masks["shape"] == ["batch", "num_masks", "height", "width"]
     section = manifest["postprocessing"]["masks"]
-    assert section["form"] == "pasted" and section["threshold"] == 0.5 and section["bytes_per_image_pixel"] == 100
+    assert section["form"] == "pasted" and section["threshold"] == 0.5 and section["rows"] == "detections"
+    assert section["bytes_per_image_pixel"] == 100  # the bound: K rows
     image = held_out_photos(5)[4]
     with Detector(demo_maskrcnn_onnx) as binary, Detector(demo_maskrcnn_probs_onnx) as probs:
         a, b = binary.predict(image), probs.predict(image)
@@ -113,12 +119,30 @@ def test_architecture_mask_logits(name, tmp_path):
         assert rel_err(ref, out["mask_logits"][0, :n]) <= 1e-4, (name, h, w)
 
 
+def test_all_rows_form_has_a_static_shape_and_the_same_masks(demo_model, demo_maskrcnn_onnx, tmp_path):
+    """``mask_rows="all"``: [B, K, h, w], TensorRT-ready without a declaration; the detections' rows equal the
+    default form's masks, the rest are empty."""
+    path = tmp_path / "all.onnx"
+    export_detector(demo_model, path, input="image", mask_rows="all")
+    manifest = read_manifest(path)
+    assert {o["name"]: o for o in manifest["outputs"]}["masks"]["shape"] == [1, 100, "height", "width"]
+    assert check_readiness(onnx.load(str(path), load_external_data=False)).ok
+    image = held_out_photos(2)[1][None]
+    fixed, rows = (dict(zip([o.name for o in s.get_outputs()], s.run(None, {"image": image})))
+                   for s in (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                             for p in (path, demo_maskrcnn_onnx)))
+    n = int(fixed["num_detections"][0])
+    assert fixed["masks"].shape[1] == 100 and rows["masks"].shape[1] == n > 0
+    assert np.array_equal(fixed["masks"][:, :n], rows["masks"]) and not fixed["masks"][:, n:].any()
+
+
 def test_mask_rcnn_export_refuses_what_it_cannot_do(tmp_path):
     net = models.build("maskrcnn_demo")
     cases = [({"input": "tensor"}, "--input for a Mask R-CNN: expected 'image' or 'image-list'"),
              ({"input": "image", "raw": True}, "--raw: expected a Faster R-CNN"),
              ({"input": "image", "masks": "sparse"}, "--masks: expected 'pasted' or 'compact' or 'both'"),
              ({"input": "image", "mask_threshold": 1.5}, "--mask-threshold: expected a value in [0, 1)"),
+             ({"input": "image", "mask_rows": "some"}, "--mask-rows: expected 'detections' or 'all', got 'some'"),
              ({"input": "image", "dynamic_batch": 2}, "pasted masks: expected at most 2147483647 elements")]
     for kwargs, message in cases:
         with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

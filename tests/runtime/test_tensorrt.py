@@ -358,6 +358,60 @@ def test_without_cuda_graph_no_capture(fake_plan):
     session.close()
 
 
+# -- data-dependent output shapes (the output allocator) -----------------------------------------------
+
+
+def test_data_dependent_output_through_the_output_allocator(fake_plan):
+    """An output TensorRT sizes while it runs (pasted masks, one per detection): the session installs its
+    allocator for it once per context, copies back the notified shape, reuses and grows the memory."""
+    plan, fake, cudart = fake_plan
+    fake.data_dependent = True
+    session = load(plan)
+    runs = [np.array([[0.9, 1, 2, 3], [0.1, 0, 0, 0], [0.7, 4, 5, 6]], np.float32),  # 2 rows selected
+            np.array([[0.6, 7, 7, 7]], np.float32),  # 1: fits the memory already there
+            np.zeros((2, 4), np.float32),  # none: an empty output (TensorRT still asks for >= 1 byte)
+            np.full((4, 4), 0.8, np.float32)]  # 4: more than before, the buffer grows
+    for x in runs:
+        y = session.run({"x": x})["y"]
+        np.testing.assert_array_equal(y, x[x[:, 0] >= 0.5] + 1)
+        assert y.shape == (int((x[:, 0] >= 0.5).sum()), 4) and y.dtype == np.float32
+    assert [c for c in fake.calls if c[0] == "set_output_allocator"] == [("set_output_allocator", "y")]
+    sizes, addresses = zip(*fake.allocations)
+    assert sizes == (32, 16, 1, 64) and addresses[0] == addresses[1] == addresses[2] != addresses[3]
+    session.close()
+
+
+def test_data_dependent_output_runs_without_cuda_graphs_with_one_warning(fake_plan):
+    plan, fake, cudart = fake_plan
+    fake.data_dependent = True
+    session = load(plan, cuda_graph=True)
+    x = np.array([[0.9, 1, 2, 3], [0.2, 0, 0, 0]], np.float32)
+    with pytest.warns(RuntimeWarning, match="capture skipped: output.s. y have a data-dependent shape"):
+        np.testing.assert_array_equal(session.run({"x": x})["y"], x[:1] + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(session.run({"x": x})["y"], x[:1] + 1)
+    assert cudart.count("cudaStreamBeginCapture") == 0 and fake.plain_runs == 2
+    session.close()
+
+
+def test_output_allocator_overrides_what_tensorrt_calls(real_trt):
+    """deploykit's allocator is a real ``tensorrt.IOutputAllocator`` and overrides the methods, with the
+    parameters, that TensorRT's class documents for Python implementations."""
+    import inspect
+    import re
+
+    from deploykit.runtime.tensorrt import _output_allocator
+
+    allocator = _output_allocator(real_trt, stream=None)
+    assert isinstance(allocator, real_trt.IOutputAllocator)
+    documented = dict(re.findall(r"def (\w+)\(self, ([^)]*)\)", real_trt.IOutputAllocator.__doc__))
+    assert set(documented) == {"reallocate_output", "reallocate_output_async", "notify_shape"}
+    for name, params in documented.items():
+        mine = list(inspect.signature(getattr(allocator, name)).parameters)
+        assert len(mine) == len(params.split(",")), (name, mine, params)
+
+
 def test_cuda_graph_refused_for_onnx(tmp_path):
     src = make_onnx(tmp_path)
     with pytest.raises(BadInput) as info:

@@ -14,14 +14,23 @@ comes first, as PyTorch interpolates along a row before between rows.
 
 The image's height and width are taken from the front end's float pixels (the uint8 ``image``
 only feeds a ``Cast``), so the ``masks`` output's spatial dims are the input's own (``height``,
-``width``): no data-dependent shape. Memory: the output is K·h·w per image (uint8 binary masks,
-or float32 probabilities without a threshold) and the product before it K·h·w float32.
+``width``).
 
-Every one of the K rows is pasted (rows without a detection give zeros). Pasting only the rows
-that hold detections (``GatherND`` by the row list of :mod:`.rows`, ``ScatterND`` of the results
-into K zero rows, which keeps the output's static shape) was measured slower on ONNX Runtime's
-CPU: materialising the zeros and the scatter's copy of the K·h·w float32 tensor cost more than the
-skipped products, and doubled the peak memory (docs/masks.md).
+Which rows are pasted (``rows``):
+
+* ``"detections"`` (default): the first N rows, N = the row count of the mask branch (:mod:`.rows`:
+  the most detections an image of the batch has, at least 1). ``masks`` is [B, N, h, w] with N
+  named ``num_masks``: a **data-dependent** output dimension (``Slice`` of the compact tensors to
+  ``Shape(row list)[1]``), which ONNX Runtime serves as is and TensorRT through an output allocator
+  (both deploykit TensorRT runtimes install one). Memory N·h·w per image; a photo with 7
+  detections pastes 7 masks, as eager torchvision does.
+* ``"all"``: every one of the K rows (rows without a detection give zeros), [B, K, h, w]: a static
+  shape for runtimes that cannot take a data-dependent output, at K·h·w per image. (Pasting only
+  the detections' rows and scattering them into K zero rows, to keep that static shape, was
+  measured slower on ONNX Runtime's CPU than pasting all K: docs/masks.md.)
+
+Either way the product before the cast is float32 of the output's size (uint8 binary masks, or
+float32 probabilities without a threshold).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from .pixels_in import _Builder
 from .rows import INDEX_OUTPUT
 
 OUTPUT_NAME = "masks"
+MASK_ROWS = ("detections", "all")
+#: The ``masks`` output's data-dependent dimension (``rows="detections"``): its name in the graph and manifest.
+NUM_MASKS = "num_masks"
 
 
 def _coordinates(g: _Builder, pixels: str, axis: int) -> str:
@@ -70,7 +82,7 @@ def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int, ext
 
 def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size: int, threshold: float | None
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes computing ``masks`` [B, K, h, w] from ``probs`` [B, K, M, M], ``corners`` int32 [B, K, 4], the
+    """Nodes computing ``masks`` [B, R, h, w] from ``probs`` [B, R, M, M], ``corners`` int32 [B, R, 4] (R rows), the
     float pixels [B, h, w, 3] and each image's own ``sizes`` float [B, 2] (h, w; smaller than the frame in
     an image-list batch): uint8 0/1 (``probability > threshold``) or float32 probabilities (None)."""
     g = _Builder("paste/")
@@ -84,10 +96,10 @@ def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size:
     rows = _taps(g, _coordinates(g, pixels, axis=1), y0, y1, size, extent_h)  # [B, K, h, M+2]
     along_rows = g.op("MatMul", padded, g.op("Transpose", cols, perm=[0, 1, 3, 2]))  # [B, K, M+2, w]
     if threshold is None:
-        pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, K, h, w]
+        pasted = g.op("MatMul", rows, along_rows, hint="pasted")  # [B, R, h, w]
         g.nodes.append(helper.make_node("Identity", [pasted], [OUTPUT_NAME], name="paste/masks"))
     else:
-        # Binary masks in two passes over the K x h x w product instead of four: a row's two taps sum to 1
+        # Binary masks in two passes over the R x h x w product instead of four: a row's two taps sum to 1
         # inside the box and to 0 outside, so rows · (along_rows + (1 - T)) is p + 1 - T inside the box and 0
         # beyond, and the float -> UINT8 cast (truncation, TensorRT's DataType::kUINT8 and ONNX alike) gives
         # 1 exactly where p >= T (p > T but for values within a float rounding of T).
@@ -105,11 +117,27 @@ def float_pixels(model: onnx.ModelProto) -> str:
     raise ValueError("the pixels-in front end has no Cast of 'image' to read the image's shape from")
 
 
-def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | None, keep_compact: bool
-                 ) -> onnx.ModelProto:
-    """``model`` (pixels-in, with ``mask_probs`` and ``mask_boxes`` outputs) plus the ``masks`` output;
+def _detection_rows(g: _Builder, *tensors: str) -> list[str]:
+    """``tensors`` [B, K, ...] cut to their first N rows, N = the mask branch's row count (``Shape`` of the
+    row list [B, N, 2]: a size TensorRT takes from the data-dependent ``NonZero`` it comes from)."""
+    count = g.op("Slice", g.op("Shape", INDEX_OUTPUT), g.const([1]), g.const([2]), g.const([0]), hint="num_masks")
+    return [g.op("Slice", t, g.const([0]), count, g.const([1]), hint="detection_rows") for t in tensors]
+
+
+def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | None, keep_compact: bool,
+                 rows: str = "detections") -> onnx.ModelProto:
+    """``model`` (pixels-in, with ``mask_probs`` and ``mask_boxes`` outputs) plus the ``masks`` output of the
+    detections' rows (``rows="detections"``, [B, num_masks, h, w]) or all K rows (``"all"``; module doc);
     ``keep_compact=False`` drops the compact outputs (they stay internal tensors)."""
-    nodes, inits = paste_nodes("mask_probs", "mask_boxes", float_pixels(model), "original_sizes",
+    if rows not in MASK_ROWS:
+        raise ValueError(f"rows should be one of {MASK_ROWS} instead of {rows!r}")
+    probs_in, boxes_in = "mask_probs", "mask_boxes"
+    if rows == "detections":
+        g = _Builder("paste/rows/")
+        probs_in, boxes_in = _detection_rows(g, probs_in, boxes_in)
+        model.graph.node.extend(g.nodes)
+        model.graph.initializer.extend(g.initializers)
+    nodes, inits = paste_nodes(probs_in, boxes_in, float_pixels(model), "original_sizes",
                                mask_size=mask_size, threshold=threshold)
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
@@ -117,7 +145,7 @@ def attach_paste(model: onnx.ModelProto, *, mask_size: int, threshold: float | N
     image = next(i for i in model.graph.input if i.name == "image")
     dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
     probs = next(o for o in model.graph.output if o.name == "mask_probs")
-    k = probs.type.tensor_type.shape.dim[1].dim_value
+    k = probs.type.tensor_type.shape.dim[1].dim_value if rows == "all" else NUM_MASKS
     out = helper.make_tensor_value_info(OUTPUT_NAME, elem, [dims[0], k, dims[1], dims[2]])
     dropped = {INDEX_OUTPUT} | (set() if keep_compact else {"mask_probs", "mask_boxes"})  # the row list: .rows
     outputs = [o for o in model.graph.output if o.name not in dropped]
