@@ -731,11 +731,12 @@ def trt_violations(model: onnx.ModelProto, *, inferred: bool = False,
     return check_readiness(model, inferred=inferred, data_dependent=data_dependent or {}).violations
 
 
-def check_trt(model: onnx.ModelProto, what: str = "graph") -> Readiness:
-    """Raise :class:`~deploykit.errors.CheckFailed` (exit 1) naming the TensorRT-readiness violations of ``model``."""
+def check_trt(model: onnx.ModelProto, what: str = "graph", manifest: Mapping[str, Any] | None = None) -> Readiness:
+    """Raise :class:`~deploykit.errors.CheckFailed` (exit 1) naming the TensorRT-readiness violations of ``model``
+    (and of its ``manifest``, which also declares the data-dependent outputs)."""
     from ..errors import CheckFailed
 
-    readiness = check_readiness(model)
+    readiness = check_readiness(model, manifest)
     problems = [v.line() for v in readiness.violations]
     if problems:
         more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""

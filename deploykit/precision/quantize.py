@@ -137,7 +137,8 @@ def quantize_artifact(source: str | os.PathLike, out: str | os.PathLike, precisi
             count = write_calibration_cache(staged, calibration_cache)
             say(f"wrote {calibration_cache} ({count} tensors)")
         if target is None:  # an --ort-lowering graph is for ONNX Runtime CPU only (build refuses it by its manifest)
-            check_trt(onnx.load(str(staged)), f"{precision} graph {out.name}")  # the final graph, nothing published yet
+            # the final graph, nothing published yet; its manifest (the source's) declares data-dependent outputs
+            check_trt(onnx.load(str(staged)), f"{precision} graph {out.name}", manifest=manifest)
         _publish(staged, out)
     return read_manifest(out)
 
