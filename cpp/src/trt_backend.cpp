@@ -118,15 +118,14 @@ public:
             error_ = "out of memory recording an output shape";
         }
     }
-    // The shape TensorRT reported for `name` in the last enqueue and its buffer; throws if none was reported.
+    // The last shape TensorRT reported for `name` (kept, not cleared: right whether TensorRT reports it on every
+    // enqueue or only when it changes) and its buffer; throws if none was ever reported.
     std::pair<std::vector<int64_t>, Buffer*> take(const std::string& name) {
         auto shape = shapes_.find(name);
         auto buffer = buffers_.find(name);
         if (shape == shapes_.end() || buffer == buffers_.end())
             runtime_error("TensorRT did not report the shape of output '" + name + "'");
-        std::pair<std::vector<int64_t>, Buffer*> result{shape->second, &buffer->second};
-        shapes_.erase(shape);
-        return result;
+        return {shape->second, &buffer->second};
     }
     std::string take_error() { return std::exchange(error_, std::string()); }
 

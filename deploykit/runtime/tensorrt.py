@@ -359,9 +359,10 @@ class _Worker:
         out, found = {}, {}
         for spec in self.outputs:
             if spec.name in self.data_dependent:  # the allocator's buffer, in the shape TensorRT notified
-                if spec.name not in self.allocator.shapes:
+                if spec.name not in self.allocator.shapes or spec.name not in self.allocator.buffers:
                     raise RuntimeError(f"TensorRT did not report the shape of output {spec.name!r}")
-                buf, shape = self.allocator.buffers[spec.name], self.allocator.shapes.pop(spec.name)
+                # the last shape TensorRT notified (kept, not cleared: right whether it reports every run or changes)
+                buf, shape = self.allocator.buffers[spec.name], self.allocator.shapes[spec.name]
             else:
                 buf, shape = self.buffers[spec.name], shapes[spec.name]
             found[spec.name] = (buf, shape)
