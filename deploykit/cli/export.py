@@ -93,7 +93,8 @@ def export_cmd(model, out, checkpoint, input_kind, input_size, image_size_range,
     --input tensor: inputs `images` float32 [B,3,H,W] (normalised, zero-padded) and
     `image_sizes` float32 [B,2]; boxes in network-input pixels. NMS is ONNX NonMaxSuppression.
     Mask R-CNN (maskrcnn_*): also `masks` uint8 [B,N,h,w], each detection's mask in the image's
-    pixels, N <= K the most detections an image of the batch has (--masks compact: `mask_probs` [B,K,28,28] + `mask_boxes` int32 [B,K,4] instead).
+    pixels, N <= K the most detections an image of the batch has (--masks compact: `mask_probs`
+    [B,K,28,28] + `mask_boxes` int32 [B,K,4] instead).
     SPADE graph: integer `label_map` [B,H,W] (+ `instance_map`), one-hot and edges in the graph.
     \b
     Examples:

@@ -16,12 +16,12 @@ from ..manifest import write_artifact
 from .detection import CUSTOM_TRANSLATIONS, INPUT_NAMES, OUTPUT_NAMES, PAD_LABEL, RAW_OUTPUT_NAMES, ExportableFasterRCNN
 from .detection.image_list import front_end_list
 from .detection.mask_paste import MASK_ROWS, attach_paste
-from .detection.mask_paste import OUTPUT_NAME as PASTED_MASKS
 from .detection.mask_rcnn import DEBUG_OUTPUT_NAMES, FRONT_END_DEBUG_OUTPUTS, MASK_OUTPUT_NAMES, ExportableMaskRCNN
 from .detection.pixels_in import MAX_RESIZED, MAX_SIDE, front_end, torchvision_resized_size
 from .detection.rows import INDEX_OUTPUT
 from .onnx_export import DEFAULT_OPSET, export_module, save_model, versions
 from .rules import check_graph
+from .trt_support import declared_data_dependent
 
 if TYPE_CHECKING:
     import onnx
@@ -199,6 +199,8 @@ def export_detector(
                                dynamic_batch=dynamic_batch, opset=opset, custom_translation_table=CUSTOM_TRANSLATIONS,
                                dynamic_shapes=dynamic_shapes, check=not pixels, static_outputs=not raw,
                                dim_names={f"{d}*ph": "padded_height", f"{d}*pw": "padded_width"})
+    # Mask R-CNN (pixels-in only): the manifest's postprocessing.masks
+    mask_section = _mask_section(wrapper, masks, mask_threshold, image_range, mask_rows) if with_masks else None
     if pixels:
         say("adding the pixels-in front end (resize, normalise, pad) and merging")
         if listed:
@@ -219,8 +221,8 @@ def export_detector(
             onnx_model.graph.output.extend(kept)
         if debug_outputs:  # the network's input as the front end made it, for raw parity on that very input
             onnx_model = expose_outputs(onnx_model, FRONT_END_DEBUG_OUTPUTS)
-        data_dependent = ({PASTED_MASKS: {1}} if with_masks and masks != "compact" and mask_rows == "detections"
-                          else {})
+        # what the manifest will declare (pasted masks, one row per detection) is what the rules allow
+        data_dependent = declared_data_dependent({"postprocessing": {"masks": mask_section}})
         check_graph(onnx_model, dynamic_batch=dynamic_batch is not None, static_outputs=not (raw or debug_outputs),
                     data_dependent=data_dependent)
     dyn = dynamic_batch is not None
@@ -273,7 +275,7 @@ def export_detector(
             "rpn": {"pre_nms_top_n": wrapper.rpn_pre_nms, "post_nms_top_n": wrapper.rpn_post_nms,
                     "nms_iou": wrapper.rpn_nms_thresh, "score_threshold": wrapper.rpn_score_thresh},
             "anchors": "from the feature-map shapes" if dynamic else int(wrapper.anchors.shape[0]),
-            **({"masks": _mask_section(wrapper, masks, mask_threshold, image_range, mask_rows)} if with_masks else {}),
+            **({"masks": mask_section} if with_masks else {}),
         },
         "class_names": class_names or ["__background__"] + [f"class_{i}" for i in range(1, wrapper.num_classes)],
         "precision": {"mode": "fp32"},
