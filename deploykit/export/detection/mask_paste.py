@@ -50,8 +50,9 @@ NUM_MASKS = "num_masks"
 
 def _coordinates(g: _Builder, pixels: str, axis: int) -> str:
     """Row (``axis=1``) or column (``axis=2``) indices 0..n-1 of ``pixels`` [B, h, w, 3] as float [B, 1, n]."""
-    plane = g.op("Gather", pixels, g.const(0, shape=()), axis=3)  # [B, h, w]
-    line = g.op("Gather", plane, g.const(0, shape=()), axis=3 - axis)  # [B, h] or [B, w]
+    # one line of the image first ([B, h, 3] or [B, w, 3]), then one channel: never a copy of a whole plane
+    line = g.op("Gather", pixels, g.const(0, shape=()), axis=3 - axis)
+    line = g.op("Gather", line, g.const(0, shape=()), axis=2)  # [B, h] or [B, w]
     ones = g.op("Add", g.op("Mul", line, g.const(0.0, np.float32, ())), g.const(1.0, np.float32, ()))
     index = g.op("Sub", g.op("CumSum", ones, g.const(1, shape=())), g.const(1.0, np.float32, ()))
     return g.op("Unsqueeze", index, g.const([1]), hint="coordinates")
