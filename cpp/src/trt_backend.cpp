@@ -120,7 +120,7 @@ public:
     }
     // The last shape TensorRT reported for `name` (kept, not cleared: right whether TensorRT reports it on every
     // enqueue or only when it changes) and its buffer; throws if none was ever reported.
-    std::pair<std::vector<int64_t>, Buffer*> take(const std::string& name) {
+    std::pair<std::vector<int64_t>, Buffer*> reported(const std::string& name) {
         auto shape = shapes_.find(name);
         auto buffer = buffers_.find(name);
         if (shape == shapes_.end() || buffer == buffers_.end())
@@ -168,7 +168,7 @@ public:
         std::vector<Buffer*> run_buffers;
         for (size_t o = 0; o < outputs_.size(); ++o) {
             Buffer* b = &buffers_[inputs_.size() + o];
-            if (data_dependent_[o]) std::tie(run_shapes[o], b) = allocator_.take(outputs_[o].name);
+            if (data_dependent_[o]) std::tie(run_shapes[o], b) = allocator_.reported(outputs_[o].name);
             run_buffers.push_back(b);
             cuda_check(cudaMemcpyAsync(b->host, b->device, trt::buffer_nbytes(run_shapes[o], outputs_[o].dtype),
                                        cudaMemcpyDeviceToHost, stream_),
