@@ -9,7 +9,8 @@ integer box, which also clips it to the image),
     pasted = Wy · padded_mask · Wxᵀ      ([h, M+2] · [M+2, M+2] · [M+2, w])
 
 with the taps computed in float32 as PyTorch's ``align_corners=False`` resize computes them
-(source ``max(ratio·(j + 0.5) - 0.5, 0)``, ``ratio = (M+2) / box side``). The column product
+(source ``max(ratio·(j + 0.5) - 0.5, 0)``, ``ratio = (M+2) / box side``), written as the tent
+``max(0, 1 - |src - c|)`` over the padded mask's pixels ``c`` (:func:`_taps`). The column product
 comes first, as PyTorch interpolates along a row before between rows.
 
 The image's height and width are taken from the front end's float pixels (the uint8 ``image``
@@ -66,19 +67,16 @@ def _taps(g: _Builder, coords: str, first: str, last: str, padded_size: int, ext
     ratio = g.op("Div", f32(float(padded_size)), side)
     local = g.op("Sub", coords, first)  # [B, K, n]
     src = g.op("Max", g.op("Sub", g.op("Mul", ratio, g.op("Add", local, f32(0.5))), f32(0.5)), f32(0.0))
-    i0 = g.op("Min", g.op("Floor", src), f32(float(padded_size - 1)))
-    lam1 = g.op("Clip", g.op("Sub", src, i0), f32(0.0), f32(1.0))
-    lam0 = g.op("Sub", f32(1.0), lam1)
-    i1 = g.op("Where", g.op("Less", i0, f32(float(padded_size - 1))), g.op("Add", i0, f32(1.0)), i0)
+    # PyTorch's taps: lam0 = 1 - (src - i0) on i0 = floor(src), lam1 = src - i0 on i0 + 1, both on the last
+    # source pixel from there on. That is the tent max(0, 1 - |src - c|) over the grid c = 0..M+1 once src is
+    # clipped to M+1; a pixel outside the box (or the image) gets a source far off the grid, so no tap at all.
+    src = g.op("Min", src, f32(float(padded_size - 1)))
     inside = g.op("And", g.op("And", g.op("GreaterOrEqual", coords, first), g.op("LessOrEqual", coords, last)),
                   g.op("Less", coords, extent))
+    src = g.op("Where", inside, src, f32(-2.0))
     grid = g.const(np.arange(padded_size), np.float32, (padded_size,))
-    zero = f32(0.0)
-    w0 = g.op("Where", g.op("Equal", g.op("Unsqueeze", i0, g.const([-1])), grid),
-              g.op("Unsqueeze", lam0, g.const([-1])), zero)
-    w1 = g.op("Where", g.op("Equal", g.op("Unsqueeze", i1, g.const([-1])), grid),
-              g.op("Unsqueeze", lam1, g.const([-1])), zero)
-    return g.op("Where", g.op("Unsqueeze", inside, g.const([-1])), g.op("Add", w0, w1), zero, hint="taps")
+    offset = g.op("Abs", g.op("Sub", g.op("Unsqueeze", src, g.const([-1])), grid))
+    return g.op("Relu", g.op("Sub", f32(1.0), offset), hint="taps")
 
 
 def paste_nodes(probs: str, corners: str, pixels: str, sizes: str, *, mask_size: int, threshold: float | None
