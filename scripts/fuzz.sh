@@ -59,8 +59,13 @@ run() {
         py-*)
             local name="${target#py-}" dict="tests/fuzz/dicts/${target#py-}.dict"
             [ -f "$dict" ] && flags+=(-dict="$dict")
-            nice -n 15 python tests/fuzz/run_atheris.py "$name" "${flags[@]}" "$dir/corpus" \
+            # libFuzzer ends the process without Python's atexit: the targets' scratch folders (toy
+            # artifacts, TensorRT stub libraries) go in a temp dir of this run, removed here
+            local scratch
+            scratch="$(mktemp -d "${TMPDIR:-/tmp}/deploykit-fuzz-run-XXXXXX")"
+            TMPDIR="$scratch" nice -n 15 python tests/fuzz/run_atheris.py "$name" "${flags[@]}" "$dir/corpus" \
                 "tests/fuzz/corpus/$name" >"$log" 2>&1 || true
+            rm -rf "$scratch"
             ;;
         cpp-*)
             local name="fuzz_${target#cpp-}" dict="cpp/fuzz/dicts/${target#cpp-}.dict"
