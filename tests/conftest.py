@@ -2,10 +2,52 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import shutil
+import sys
 
 import pytest
+
+#: A test report's property naming the tests that ran against TensorRT's real Python module (tests/trt_real.py).
+_REAL_TRT = ("tensorrt_bindings", "used")
+_USES_BEFORE = pytest.StashKey[int]()
+
+
+def _trt_uses() -> int:
+    module = sys.modules.get("trt_real")
+    return getattr(module, "USES", 0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_USES_BEFORE] = _trt_uses()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if call.when == "call" and _trt_uses() > item.stash.get(_USES_BEFORE, 0):
+        report.user_properties.append(_REAL_TRT)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many tests checked deploykit's TensorRT calls against TensorRT's real module."""
+    outcomes = {key: sum(1 for r in terminalreporter.stats.get(key, [])
+                         if getattr(r, "when", "") == "call" and _REAL_TRT in map(tuple, r.user_properties))
+                for key in ("passed", "failed")}
+    try:
+        version = importlib.metadata.version("tensorrt-cu13-bindings")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if version is None:
+        terminalreporter.write_line("== TensorRT's real Python module: tensorrt-cu13-bindings not installed, "
+                                    "its tests skipped")
+    elif outcomes["passed"] or outcomes["failed"]:
+        terminalreporter.write_line(f"== TensorRT's real Python module (tensorrt-cu13-bindings {version}, over stub "
+                                    f"libraries): {outcomes['passed']} tests passed against it, "
+                                    f"{outcomes['failed']} failed")
 
 
 def _has_gpu() -> bool:

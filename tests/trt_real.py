@@ -117,13 +117,19 @@ def _load() -> _Loaded:
     return _Loaded(module=tensorrt_bindings, plugin_lib=libs["libnvinfer_plugin.so.11"])
 
 
+#: How many times a test got the real module (tests/conftest.py reports the tests that did).
+USES = 0
+
+
 def bindings():
     """The real ``tensorrt_bindings`` module over the stub libraries (skips the test where unavailable)."""
+    global USES
     loaded = _load()
     if loaded.broken:
         pytest.fail(loaded.reason)
     if loaded.module is None:
         pytest.skip(loaded.reason)
+    USES += 1
     return loaded.module
 
 
