@@ -30,8 +30,22 @@ from toys import DETECTOR_MANIFEST, toy_artifacts  # noqa: E402
 PY = sys.executable
 
 
+_SCRATCH: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _children_temp(tmp_path_factory):
+    """The killed children's temp files (e.g. tests/trt_real.py's stub libraries, killed mid-build) go
+    under pytest's own temp folder, not /tmp."""
+    _SCRATCH.append(tmp_path_factory.mktemp("children-tmp"))
+    yield
+    _SCRATCH.pop()
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    if _SCRATCH:
+        env["TMPDIR"] = str(_SCRATCH[-1])
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), str(TESTS / "fuzz"), env.get("PYTHONPATH", "")])
     return env
 

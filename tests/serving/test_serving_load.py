@@ -140,7 +140,14 @@ def test_sigterm_lets_requests_in_flight_finish(triton, repo, inputs, want, same
             Client(urls(server, t), "det", timeout=10)
 
 
+def _python_envs() -> set[Path]:
+    """The folders Triton's Python backend makes at start (hard-coded /tmp/python_env_XXXXXX, removed at a
+    clean exit; a killed server leaves its own, empty)."""
+    return set(Path("/tmp").glob("python_env_*"))
+
+
 def test_sigkill_during_load_fails_clients_fast_and_a_restart_serves(triton, repo, inputs, want, same_detections):
+    envs_before = _python_envs()
     server = triton(repo)
     ports = {"http_port": server.http_port, "grpc_port": server.grpc_port, "metrics_port": server.metrics_port}
     outcome: dict[int, tuple] = {}
@@ -175,6 +182,9 @@ def test_sigkill_during_load_fails_clients_fast_and_a_restart_serves(triton, rep
     assert sum(done for _, done, _ in outcome.values()) > 0  # the kill came during load
     server.stop()  # removes what the crash left: the Python stubs (its process group) and shared memory
     assert not group_members(pgid) and not list(Path("/dev/shm").glob(f"{prefix}*"))
+    for folder in _python_envs() - envs_before:  # Triton's own leftover of the kill (not deploykit's to remove:
+        if not any(folder.iterdir()):            # another server's may be in use); the test's kill, its cleanup
+            folder.rmdir()
 
     restarted = triton(repo, ports=ports)
     for t in range(2):
