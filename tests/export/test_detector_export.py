@@ -42,6 +42,21 @@ def rel_err(ref, got):
     return float(np.abs(ref - np.asarray(got, np.float64)).max() / max(np.abs(ref).max(), 1e-12))
 
 
+def assert_proposals_agree(props, ref_props, iou=0.999, context=None):
+    """The proposals kept by the graph's RPN against torchvision's, after NMS.
+
+    ONNX Runtime's convolutions differ from PyTorch's by ~1e-5 (how much depends on the CPU's kernels),
+    which moves a decoded proposal by up to ~1e-2 px and can swap one at a per-level top-k cut-off or flip
+    an IoU ~ 0.7 NMS decision: a flip keeps or drops one box, so the counts may differ by one per flip.
+    Allowed: counts within 1% (at least 1), and >= 90% of the graph's proposals with a twin at ``iou``
+    (measured 94-100%). The box head is then compared on exactly the graph's proposals.
+    """
+    n, m = len(props), len(ref_props)
+    assert abs(n - m) <= max(1, m // 100), (context, n, m)
+    matched = box_iou(props, ref_props).max(1) >= iou
+    assert matched.mean() >= 0.9, (context, f"only {matched.mean():.3f} of proposals matched")
+
+
 def run_raw_parity(name, size, tmp_path, widths=(None,), model=None):
     """Export once in raw mode and compare with torchvision on a size × width noise image per width.
 
@@ -78,12 +93,7 @@ def _check_raw(model, sess, size, width):
     # proposals after RPN NMS: the same set; box head outputs on each matched proposal
     n = int(got["proposal_valid"][0].sum())
     props, ref_props = got["proposals"][0][:n], ref["proposals"][0]
-    iou = box_iou(props, ref_props)
-    matched = iou.max(1) >= 0.9999
-    assert n == len(ref_props)
-    # ONNX Runtime's convolutions differ from PyTorch's by ~1e-5: proposals at a per-level top-k
-    # cut-off or an IoU ~ 0.7 NMS decision can swap (measured 94-100% identical sets).
-    assert matched.mean() >= 0.9, f"only {matched.mean():.3f} of proposals matched"
+    assert_proposals_agree(props, ref_props, iou=0.9999)
     # box head on exactly our proposals, through torchvision's own RoI pooling and head
     logits, regression = reference_box_head(model, image, props)
     # Known limit (docs/detector.md): torchvision's roi_align returns 0 for samples beyond its
@@ -132,7 +142,7 @@ def test_user_built_single_map_fasterrcnn(tmp_path):
 def test_vgg16_raw_parity(tmp_path):
     """The fixed canvas's padding emulation on the paper's single-map VGG-16 (an FPN and MobileNetV3's SE
     means: test_mobilenet_320_raw_parity; every architecture's network at any size:
-    test_dynamic_detector.py::test_architecture_dynamic_raw_parity): a 480 x 352 image on a 480 x 480
+    test_image_list.py::test_architecture_list_raw_parity): a 480 x 352 image on a 480 x 480
     canvas."""
     run_raw_parity("fasterrcnn_vgg16", 480, tmp_path, widths=(352,))
 

@@ -5,8 +5,8 @@
 * the demo detector, default-configured (no reconfiguration), on held-out images of sides
   200..2000 px and aspect ratios 1:3..3:1 through ``Detector.predict`` (pixels in, boxes in the
   image's pixels out), and a batch of equal-size frames;
-* every other architecture (random weights, BN calibrated): raw tensors within 1e-4 relative at
-  three aspect ratios, one dynamic graph each;
+* one other architecture (random weights, BN calibrated): raw tensors within 1e-4 relative at three
+  aspect ratios on torchvision's own network input (every architecture: tests/export/test_image_list.py);
 * bad input names the image, the expected and the got.
 """
 
@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-from test_detector_export import rel_err, spread_heads
+from test_detector_export import assert_proposals_agree, rel_err, spread_heads
 
 from deploykit import models
 from deploykit.compare.reference import reference_box_head, reference_detections, reference_raw
@@ -26,7 +26,7 @@ from deploykit.errors import BadInput
 from deploykit.export.detection.faster_rcnn import RAW_OUTPUT_NAMES
 from deploykit.export.detection.pixels_in import front_end, size_model
 from deploykit.export.detector import export_detector
-from deploykit.metrics import box_iou, match_detections
+from deploykit.metrics import match_detections
 from deploykit.runtime import Detector
 from deploykit.runtime.preprocess import torchvision_resized_size
 
@@ -205,11 +205,7 @@ def run_dynamic_raw_parity(name, tmp_path, min_size, max_size):
         assert rel_err(ref["rpn_proposals"][0], got["rpn_proposals"][0]) <= 1e-4, (name, h, w)
         n = int(got["proposal_valid"][0].sum())
         props = got["proposals"][0][:n]
-        assert n == len(ref["proposals"][0])
-        # ORT's convolutions differ from PyTorch's by ~1e-5, which moves a decoded proposal by up to
-        # ~1e-2 px (IoU 0.9995 with its twin on small boxes; ResNet-50) and can swap one at a top-k
-        # cut-off or an IoU ~ 0.7 NMS decision; the box head is compared on exactly our proposals
-        assert (box_iou(props, ref["proposals"][0]).max(1) >= 0.999).mean() >= 0.9
+        assert_proposals_agree(props, ref["proposals"][0], context=(name, h, w))
         logits, regression = reference_box_head(model, image, props)
         assert rel_err(logits, got["class_logits"][0][:n]) <= 1e-4, (name, h, w)
         assert rel_err(regression, got["box_regression"][0][:n]) <= 1e-4, (name, h, w)
@@ -226,8 +222,12 @@ ARCHITECTURES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,min_size,max_size", ARCHITECTURES)
-def test_architecture_dynamic_raw_parity(name, min_size, max_size, tmp_path):
+def test_dynamic_raw_parity_on_torchvision_s_own_input(tmp_path):
+    """One architecture, batch 1, on torchvision's transform output: the dynamic graph's network is the same
+    exportable module as the image-list graph's, whose raw tensors tests/export/test_image_list.py checks for
+    every architecture in ``ARCHITECTURES`` (three aspect ratios in one call); checking each here too proved
+    the same property twice (2-core Zen 1 EPYC: 10 min of the suite)."""
+    name, min_size, max_size = ARCHITECTURES[3]  # fasterrcnn_mobilenet_v3_large_320_fpn, the cheapest
     run_dynamic_raw_parity(name, tmp_path, min_size, max_size)
 
 
